@@ -1,0 +1,37 @@
+# Spotter: `make run` starts the application, `make test` runs the whole test suite.
+# Both install missing system packages first (Debian/Ubuntu, needs root or sudo).
+
+CARGO ?= cargo
+ARGS ?=
+# Debian packages the build and the tests need.
+APT_PACKAGES := build-essential pkg-config curl ca-certificates libturbojpeg0-dev
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps lint build release bench
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found; install Rust 1.95+ from https://rustup.rs"; exit 1; }
+
+run: deps
+	$(CARGO) run --release -- $(ARGS)
+
+release: deps
+	$(CARGO) build --release
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps lint
+	$(CARGO) test --workspace
+
+bench: deps
+	$(CARGO) run --release -- bench $(ARGS)

@@ -1,0 +1,187 @@
+//! `spotter bench`: forward-pass latency per model and input size, optionally per layer.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use spotter_detector::model::LayerTiming;
+use spotter_detector::{Detector, LetterboxMode, NmsOptions};
+
+use super::ModelArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Models to measure (names or files); repeat the flag for several.
+    #[arg(long = "model")]
+    models: Vec<String>,
+    #[command(flatten)]
+    model_args: ModelArgs,
+    /// Timed forward passes per model.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed passes first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Also time every top-level layer (median over the runs).
+    #[arg(long)]
+    per_layer: bool,
+    /// One JSON object per model on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Measure a built-in architecture with random weights (no download needed; speed does
+    /// not depend on the weight values).
+    #[arg(long)]
+    random_weights: bool,
+}
+
+#[derive(serde::Serialize)]
+struct LayerRow {
+    index: usize,
+    module: &'static str,
+    shape: Vec<usize>,
+    ms: f64,
+}
+
+#[derive(serde::Serialize)]
+struct BenchResult {
+    model: String,
+    imgsz: u32,
+    batch: usize,
+    device: String,
+    dtype: String,
+    threads: usize,
+    runs: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    mean_ms: f64,
+    params: usize,
+    gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<Vec<LayerRow>>,
+}
+
+/// The value below which `q` of the sorted samples lie (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
+    let options = args.model_args.options(NmsOptions::default(), LetterboxMode::Square)?;
+    let imgsz = options.imgsz as usize;
+    let mut det =
+        if args.random_weights { Detector::synthetic(name, options)? } else { Detector::load(name, options)? };
+    // Speed does not depend on the pixel values; a fixed pattern keeps runs comparable.
+    let n = args.batch * 3 * imgsz * imgsz;
+    let pattern: Vec<f32> = (0..n).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    let input = Tensor::from_vec(pattern, (args.batch, 3, imgsz, imgsz), &Device::Cpu)?;
+    for _ in 0..args.warmup {
+        det.forward(&input)?;
+    }
+    let mut times = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        det.forward(&input)?;
+        det.device().synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let layers = if args.per_layer {
+        det.set_profiling(true);
+        let mut per_layer: Vec<Vec<LayerTiming>> = Vec::new();
+        for _ in 0..args.runs.clamp(1, 10) {
+            det.forward(&input)?;
+            per_layer.push(det.last_profile().to_vec());
+        }
+        det.set_profiling(false);
+        let first = per_layer.first().cloned().unwrap_or_default();
+        Some(
+            first
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let mut ms: Vec<f64> = per_layer.iter().filter_map(|run| run.get(i).map(|r| r.ms)).collect();
+                    ms.sort_by(f64::total_cmp);
+                    LayerRow { index: l.index, module: l.module, shape: l.shape.clone(), ms: percentile(&ms, 0.5) }
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    let info = det.info();
+    Ok(BenchResult {
+        model: info.variant.clone(),
+        imgsz: imgsz as u32,
+        batch: args.batch,
+        device: info.device.clone(),
+        dtype: info.dtype.clone(),
+        threads: candle_core::utils::get_num_threads(),
+        runs: times.len(),
+        p50_ms: percentile(&times, 0.5),
+        p95_ms: percentile(&times, 0.95),
+        mean_ms,
+        params: info.params,
+        gflops: info.gflops_640 * (imgsz as f64 / 640.0).powi(2),
+        layers,
+    })
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let models = if args.models.is_empty() {
+        vec![super::default_model(&args.model_args.device).to_string()]
+    } else {
+        args.models.clone()
+    };
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    if !args.json {
+        println!(
+            "{:<20} {:>6} {:>5} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8}",
+            "model", "imgsz", "batch", "device", "p50 ms", "p95 ms", "GFLOP/s", "Mparams", "GFLOPs"
+        );
+    }
+    for name in &models {
+        let r = bench_one(name, &args)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+            continue;
+        }
+        let throughput = r.gflops * r.batch as f64 / (r.p50_ms / 1e3);
+        println!(
+            "{:<20} {:>6} {:>5} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7.2} {:>8.1}",
+            r.model,
+            r.imgsz,
+            r.batch,
+            r.device,
+            r.p50_ms,
+            r.p95_ms,
+            throughput,
+            r.params as f64 / 1e6,
+            r.gflops
+        );
+        if let Some(layers) = &r.layers {
+            let total: f64 = layers.iter().map(|l| l.ms).sum();
+            println!("  {:>5} {:<14} {:<22} {:>9} {:>6}", "layer", "module", "output", "ms", "%");
+            for l in layers {
+                println!(
+                    "  {:>5} {:<14} {:<22} {:>9.2} {:>5.1}%",
+                    l.index,
+                    l.module,
+                    format!("{:?}", l.shape),
+                    l.ms,
+                    100.0 * l.ms / total.max(1e-9)
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Command-line interface (the contract is in DESIGN.md; scripts and tests rely on it).
+
+mod bench;
+mod detect;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use spotter_detector::{DetectorOptions, DeviceChoice, LetterboxMode, NmsOptions, Precision};
+
+#[derive(Debug, Parser)]
+#[command(name = "spotter", version, about = "Real-time video analytics with GELAN / YOLOv9 detectors")]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Detect objects in an image or a folder of images.
+    Detect(detect::DetectArgs),
+    /// Measure the detector's speed (p50/p95 ms per frame, optionally per layer).
+    Bench(bench::BenchArgs),
+}
+
+/// Model and device options shared by the commands.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Device: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Precision on GPUs: f32, f16 or bf16 (the CPU always runs f32).
+    #[arg(long, default_value = "auto")]
+    precision: String,
+    /// Network input size (long side, a multiple of 32).
+    #[arg(long, default_value_t = 640)]
+    imgsz: u32,
+    /// Model config (.yaml) for weights files that carry none.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory where model names are looked up (also $SPOTTER_WEIGHTS_DIR).
+    #[arg(long)]
+    weights_dir: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn options(&self, nms: NmsOptions, letterbox: LetterboxMode) -> Result<DetectorOptions> {
+        Ok(DetectorOptions {
+            device: self.device.parse::<DeviceChoice>()?,
+            precision: self.precision.parse::<Precision>()?,
+            imgsz: self.imgsz,
+            letterbox,
+            nms,
+            config: self.config.clone(),
+            weights_dir: self.weights_dir.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+/// The model used when none is named: gelan-c on a GPU, gelan-s on the CPU.
+fn default_model(device: &str) -> &'static str {
+    let gpu = device.starts_with("cuda")
+        || device == "metal"
+        || (device == "auto" && (candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available()));
+    if gpu { "gelan-c" } else { "gelan-s" }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(Command::Detect(a)) => detect::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
+        None => {
+            use clap::CommandFactory;
+            Args::command().print_help()?;
+            Ok(())
+        }
+    }
+}

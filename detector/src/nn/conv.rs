@@ -1,0 +1,184 @@
+//! Convolutions with BatchNorm folded in at load time: `Conv` (conv + BN + act), plain
+//! `nn.Conv2d`, and `RepConvN` (3x3 + 1x1 branches folded into one 3x3).
+
+use std::cell::Cell;
+
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::Result;
+use crate::spec::Activation;
+use crate::weights::Weights;
+
+/// Everything a block needs to know while loading, besides its weights.
+#[derive(Debug, Clone)]
+pub struct LoadCtx {
+    pub activation: Activation,
+    /// BatchNorm epsilon: the official models set 1e-3 (`initialize_weights`), not PyTorch's 1e-5.
+    pub bn_eps: f64,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+thread_local! {
+    /// When set, every convolution adds its multiply-adds here (used to compute GFLOPs).
+    static MACS: Cell<Option<f64>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with multiply-add counting on and returns the count of convolutions' MACs.
+pub fn count_macs<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    MACS.with(|m| m.set(Some(0.0)));
+    let out = f();
+    let macs = MACS.with(|m| m.take()).unwrap_or(0.0);
+    (out, macs)
+}
+
+pub fn apply_activation(act: Activation, x: &Tensor) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::Silu => x.silu(),
+        Activation::Relu => x.relu(),
+        Activation::LeakyRelu(slope) => {
+            let neg = (x.minimum(0.0)? * slope)?;
+            x.relu()? + neg
+        }
+        Activation::Hardswish => x * ((x + 3.0)?.clamp(0.0, 6.0)? / 6.0)?,
+        Activation::Identity => Ok(x.clone()),
+    }
+}
+
+/// A 2-D convolution with bias and optional activation, ready to run.
+#[derive(Debug, Clone)]
+pub struct ConvBlock {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+    act: Option<Activation>,
+    span: tracing::Span,
+}
+
+/// Geometry of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvShape {
+    pub c1: usize,
+    pub c2: usize,
+    pub k: usize,
+    pub s: usize,
+    pub p: usize,
+    pub g: usize,
+    pub d: usize,
+}
+
+impl ConvShape {
+    pub fn new(c1: usize, c2: usize, k: usize, s: usize) -> Self {
+        Self { c1, c2, k, s, p: k / 2, g: 1, d: 1 }
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.g = g;
+        self
+    }
+    pub fn pad(mut self, p: usize) -> Self {
+        self.p = p;
+        self
+    }
+    fn weight_shape(&self) -> [usize; 4] {
+        [self.c2, self.c1 / self.g, self.k, self.k]
+    }
+}
+
+/// Reads an official `Conv` (`conv.weight` + `bn.*`) and folds the BatchNorm into the
+/// convolution: w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps).
+/// Also accepts already fused checkpoints (`conv.weight` + `conv.bias`, no `bn`).
+fn load_folded(w: &Weights, shape: ConvShape, eps: f64) -> Result<(Tensor, Tensor)> {
+    let conv = w.pp("conv");
+    let weight = conv.get("weight", &shape.weight_shape())?;
+    if !w.contains("bn.weight") && conv.contains("bias") {
+        let bias = conv.get("bias", &[shape.c2])?;
+        return Ok((weight, bias));
+    }
+    let bn = w.pp("bn");
+    let gamma = bn.get("weight", &[shape.c2])?;
+    let beta = bn.get("bias", &[shape.c2])?;
+    let mean = bn.get("running_mean", &[shape.c2])?;
+    let var = bn.get("running_var", &[shape.c2])?;
+    bn.expect_optional("num_batches_tracked", &[]);
+    let scale = (gamma / (var + eps)?.sqrt()?)?;
+    let weight = weight.broadcast_mul(&scale.reshape((shape.c2, 1, 1, 1))?)?;
+    let bias = (beta - (mean * &scale)?)?;
+    Ok((weight, bias))
+}
+
+impl ConvBlock {
+    fn new(
+        weight: Tensor,
+        bias: Tensor,
+        shape: ConvShape,
+        act: Option<Activation>,
+        ctx: &LoadCtx,
+        kind: &'static str,
+    ) -> Result<Self> {
+        let to_dev = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(&ctx.device)?.to_dtype(ctx.dtype)?.contiguous()?) };
+        Ok(Self {
+            weight: to_dev(weight)?,
+            bias: to_dev(bias.reshape((1, shape.c2, 1, 1))?)?,
+            stride: shape.s,
+            padding: shape.p,
+            dilation: shape.d,
+            groups: shape.g,
+            act,
+            span: tracing::trace_span!("conv", kind),
+        })
+    }
+
+    /// The official `Conv`: conv (no bias) + BatchNorm2d + activation (when `act`).
+    pub fn load_conv(w: &Weights, shape: ConvShape, act: bool, ctx: &LoadCtx) -> Result<Self> {
+        let (weight, bias) = load_folded(w, shape, ctx.bn_eps)?;
+        Self::new(weight, bias, shape, act.then_some(ctx.activation), ctx, "Conv")
+    }
+
+    /// A plain `nn.Conv2d` with bias and no activation (detection head outputs, CBLinear).
+    pub fn load_conv2d(w: &Weights, shape: ConvShape, ctx: &LoadCtx) -> Result<Self> {
+        let weight = w.get("weight", &shape.weight_shape())?;
+        let bias = w.get("bias", &[shape.c2])?;
+        Self::new(weight, bias, shape, None, ctx, "Conv2d")
+    }
+
+    /// `RepConvN`: act(Conv3x3+BN (x) + Conv1x1+BN (x)), folded into one 3x3 convolution by
+    /// padding the 1x1 kernel to 3x3 and adding kernels and biases. Fused files (`conv.*`) too.
+    pub fn load_repconvn(w: &Weights, c1: usize, c2: usize, ctx: &LoadCtx) -> Result<Self> {
+        let k3 = ConvShape::new(c1, c2, 3, 1);
+        if w.contains("conv.weight") && !w.contains("conv1.conv.weight") {
+            let weight = w.get("conv.weight", &k3.weight_shape())?;
+            let bias = w.get("conv.bias", &[c2])?;
+            return Self::new(weight, bias, k3, Some(ctx.activation), ctx, "RepConvN");
+        }
+        let (w3, b3) = load_folded(&w.pp("conv1"), k3, ctx.bn_eps)?;
+        let (w1, b1) = load_folded(&w.pp("conv2"), ConvShape::new(c1, c2, 1, 1).pad(0), ctx.bn_eps)?;
+        let w1 = w1.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+        Self::new((w3 + w1)?, (b3 + b1)?, k3, Some(ctx.activation), ctx, "RepConvN")
+    }
+
+    /// Parameters after folding (weight + bias), as the official fused `model_info` counts them.
+    pub fn params(&self) -> usize {
+        self.weight.elem_count() + self.bias.elem_count()
+    }
+}
+
+impl Module for ConvBlock {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let y = x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?;
+        MACS.with(|m| {
+            if let Some(total) = m.get() {
+                let (_, cin_per_group, kh, kw) = self.weight.dims4().unwrap_or_default();
+                m.set(Some(total + (y.elem_count() * cin_per_group * kh * kw) as f64));
+            }
+        });
+        let y = y.broadcast_add(&self.bias)?;
+        match self.act {
+            Some(act) => apply_activation(act, &y),
+            None => Ok(y),
+        }
+    }
+}

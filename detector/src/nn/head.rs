@@ -1,0 +1,217 @@
+//! Detection heads: Detect / DDetect, and the inference branch of DualDDetect / TripleDDetect.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Module, Tensor};
+
+use super::conv::{ConvBlock, ConvShape, LoadCtx};
+use crate::error::Result;
+use crate::spec::HeadKind;
+use crate::weights::Weights;
+
+/// DFL bins per box side.
+pub const REG_MAX: usize = 16;
+
+/// Names of the (box, class, DFL) modules of each branch of a multi-branch head.
+const BRANCH_NAMES: [(&str, &str, &str); 3] = [("cv2", "cv3", "dfl"), ("cv4", "cv5", "dfl2"), ("cv6", "cv7", "dfl3")];
+
+fn make_divisible(x: usize, d: usize) -> usize {
+    x.div_ceil(d) * d
+}
+
+/// The convolutions of one head branch (one entry per level).
+struct Branch {
+    box_convs: Vec<[ConvBlock; 3]>,
+    cls_convs: Vec<[ConvBlock; 3]>,
+    /// DFL projection weights (0..15 in official files), shape (16, 1).
+    dfl: Tensor,
+}
+
+impl Branch {
+    fn load(w: &Weights, kind: HeadKind, branch: usize, nc: usize, ch: &[usize], ctx: &LoadCtx) -> Result<Self> {
+        let (box_name, cls_name, dfl_name) = BRANCH_NAMES[branch];
+        let c0 = ch[0];
+        let grouped = kind != HeadKind::Detect;
+        let c2 = (c0 / 4).max(REG_MAX * 4).max(16);
+        let c2 = if grouped { make_divisible(c2, 4) } else { c2 };
+        let c3 = c0.max((nc * 2).min(128));
+        let g = if grouped { 4 } else { 1 };
+        let mut box_convs = Vec::with_capacity(ch.len());
+        let mut cls_convs = Vec::with_capacity(ch.len());
+        for (l, &x) in ch.iter().enumerate() {
+            let b = w.pp(box_name).pp(l);
+            box_convs.push([
+                ConvBlock::load_conv(&b.pp(0), ConvShape::new(x, c2, 3, 1), true, ctx)?,
+                ConvBlock::load_conv(&b.pp(1), ConvShape::new(c2, c2, 3, 1).groups(g), true, ctx)?,
+                ConvBlock::load_conv2d(&b.pp(2), ConvShape::new(c2, 4 * REG_MAX, 1, 1).groups(g), ctx)?,
+            ]);
+            let c = w.pp(cls_name).pp(l);
+            cls_convs.push([
+                ConvBlock::load_conv(&c.pp(0), ConvShape::new(x, c3, 3, 1), true, ctx)?,
+                ConvBlock::load_conv(&c.pp(1), ConvShape::new(c3, c3, 3, 1), true, ctx)?,
+                ConvBlock::load_conv2d(&c.pp(2), ConvShape::new(c3, nc, 1, 1), ctx)?,
+            ]);
+        }
+        let dfl = w.pp(dfl_name).pp("conv").get("weight", &[1, REG_MAX, 1, 1])?;
+        let dfl = dfl.reshape((REG_MAX, 1))?.to_device(&ctx.device)?.to_dtype(ctx.dtype)?;
+        Ok(Self { box_convs, cls_convs, dfl })
+    }
+
+    fn params(&self) -> usize {
+        let convs = self.box_convs.iter().chain(&self.cls_convs).flatten().map(ConvBlock::params).sum::<usize>();
+        convs + self.dfl.elem_count()
+    }
+}
+
+/// Anchor points and strides, valid for these level sizes.
+type AnchorCache = (Vec<(usize, usize)>, Tensor, Tensor);
+
+/// The head as it runs at inference: one branch, decoded to the official `pred` tensor.
+pub struct Head {
+    kind: HeadKind,
+    nc: usize,
+    strides: Vec<usize>,
+    branch: Branch,
+    /// Which of the head's inputs the inference branch reads.
+    input_offset: usize,
+    /// Anchor points and strides for the last input size.
+    anchors: Mutex<Option<AnchorCache>>,
+    span: tracing::Span,
+}
+
+/// Output of the head: `pred` (batch, 4 + nc, anchors) = cx, cy, w, h in input pixels, then
+/// class scores after the sigmoid; and the raw maps per level (batch, 64 + nc, h, w).
+pub struct HeadOutput {
+    pub pred: Tensor,
+    pub raw: Vec<Tensor>,
+}
+
+impl Head {
+    /// Builds every branch present in the file (so an unexpected or missing tensor is caught)
+    /// and keeps only the one the official `detect*.py` uses: the last.
+    pub fn load(
+        w: &Weights,
+        kind: HeadKind,
+        nc: usize,
+        ch: &[usize],
+        strides: &[usize],
+        ctx: &LoadCtx,
+    ) -> Result<Self> {
+        let nb = kind.branches();
+        let nl = ch.len() / nb;
+        let mut last = None;
+        for b in 0..nb {
+            let chs = &ch[b * nl..(b + 1) * nl];
+            last = Some(Branch::load(w, kind, b, nc, chs, ctx)?);
+        }
+        let branch = last.ok_or_else(|| crate::error::Error::Spec("detection head without inputs".into()))?;
+        Ok(Self {
+            kind,
+            nc,
+            strides: strides[(nb - 1) * nl..].to_vec(),
+            branch,
+            input_offset: (nb - 1) * nl,
+            anchors: Mutex::new(None),
+            span: tracing::trace_span!("head", kind = ?kind),
+        })
+    }
+
+    pub fn kind(&self) -> HeadKind {
+        self.kind
+    }
+
+    pub fn nc(&self) -> usize {
+        self.nc
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// Index into the head's `from` list of the first input the inference branch uses.
+    pub fn input_offset(&self) -> usize {
+        self.input_offset
+    }
+
+    pub fn params(&self) -> usize {
+        self.branch.params()
+    }
+
+    /// Anchor centres (x + 0.5, y + 0.5 per cell, row-major, levels concatenated) and the
+    /// stride of each anchor, as (1, 2, n) and (1, 1, n) tensors.
+    fn anchors(
+        &self,
+        sizes: &[(usize, usize)],
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut cache = self.anchors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, a, st)) = cache.as_ref()
+            && s == sizes
+            && a.dtype() == dtype
+        {
+            return Ok((a.clone(), st.clone()));
+        }
+        let n: usize = sizes.iter().map(|(h, w)| h * w).sum();
+        let mut xs = Vec::with_capacity(n);
+        let mut ys = Vec::with_capacity(n);
+        let mut st = Vec::with_capacity(n);
+        for (&(h, w), &stride) in sizes.iter().zip(&self.strides) {
+            for y in 0..h {
+                for x in 0..w {
+                    xs.push(x as f32 + 0.5);
+                    ys.push(y as f32 + 0.5);
+                    st.push(stride as f32);
+                }
+            }
+        }
+        xs.extend(ys);
+        let a = Tensor::from_vec(xs, (1, 2, n), device)?.to_dtype(dtype)?;
+        let s = Tensor::from_vec(st, (1, 1, n), device)?.to_dtype(dtype)?;
+        *cache = Some((sizes.to_vec(), a.clone(), s.clone()));
+        Ok((a, s))
+    }
+
+    /// `xs` are the inputs of the inference branch, one per level.
+    pub fn forward(&self, xs: &[&Tensor]) -> candle_core::Result<HeadOutput> {
+        let _enter = self.span.enter();
+        let no = self.nc + 4 * REG_MAX;
+        let mut raw = Vec::with_capacity(xs.len());
+        let mut flat = Vec::with_capacity(xs.len());
+        let mut sizes = Vec::with_capacity(xs.len());
+        let b = xs.first().map(|x| x.dim(0)).transpose()?.unwrap_or(1);
+        for (l, x) in xs.iter().enumerate() {
+            let mut bx = (*x).clone();
+            for c in &self.branch.box_convs[l] {
+                bx = c.forward(&bx)?;
+            }
+            let mut cl = (*x).clone();
+            for c in &self.branch.cls_convs[l] {
+                cl = c.forward(&cl)?;
+            }
+            let map = Tensor::cat(&[bx, cl], 1)?;
+            let (_, _, h, w) = map.dims4()?;
+            sizes.push((h, w));
+            flat.push(map.reshape((b, no, h * w))?);
+            raw.push(map);
+        }
+        let all = Tensor::cat(&flat, 2)?;
+        let n = all.dim(2)?;
+        let boxes = all.narrow(1, 0, 4 * REG_MAX)?;
+        let cls = all.narrow(1, 4 * REG_MAX, self.nc)?;
+        // DFL: softmax over the 16 bins of each side, expectation with the projection weights.
+        let bins = boxes.reshape((b, 4, REG_MAX, n))?.transpose(2, 3)?.contiguous()?;
+        let probs = candle_nn::ops::softmax_last_dim(&bins)?;
+        let dist = probs.broadcast_matmul(&self.branch.dfl)?.reshape((b, 4, n))?;
+        let (anchors, strides) = self.anchors(&sizes, all.device(), all.dtype())?;
+        let lt = dist.narrow(1, 0, 2)?;
+        let rb = dist.narrow(1, 2, 2)?;
+        let x1y1 = anchors.broadcast_sub(&lt)?;
+        let x2y2 = anchors.broadcast_add(&rb)?;
+        let centre = ((&x1y1 + &x2y2)? / 2.0)?;
+        let wh = (x2y2 - x1y1)?;
+        let dbox = Tensor::cat(&[centre, wh], 1)?.broadcast_mul(&strides)?;
+        let pred = Tensor::cat(&[dbox, candle_nn::ops::sigmoid(&cls)?], 1)?;
+        Ok(HeadOutput { pred, raw })
+    }
+}

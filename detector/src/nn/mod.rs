@@ -1,0 +1,6 @@
+//! Network modules in candle's style: one struct per block, `load` from named weights,
+//! `impl Module`, a tracing span per block.
+
+pub mod blocks;
+pub mod conv;
+pub mod head;

@@ -1,0 +1,49 @@
+//! `spotter bench --json` follows the contract in DESIGN.md.
+
+use serde_json::Value;
+
+use crate::{fixture, spotter, stderr, stdout};
+
+#[test]
+fn bench_json_has_the_contract_fields_and_per_layer_rows() {
+    let model = fixture("yolov9/tiny/tiny-yolov9-c.pt");
+    let o = spotter(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--imgsz",
+        "128",
+        "--runs",
+        "3",
+        "--per-layer",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    for key in ["model", "imgsz", "device", "threads", "runs", "p50_ms", "p95_ms", "params", "gflops", "layers"] {
+        assert!(r.get(key).is_some(), "missing {key}: {r}");
+    }
+    assert_eq!(r["device"], "cpu");
+    assert_eq!(r["runs"], 3);
+    assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["p95_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    // The inference model of tiny-yolov9-c: layers 0..=22 and the head, not the PGI branch.
+    let layers = r["layers"].as_array().unwrap();
+    let indices: Vec<u64> = layers.iter().map(|l| l["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, (0..=22).chain([38]).collect::<Vec<u64>>());
+    assert_eq!(layers[1]["module"], "Conv");
+    assert_eq!(layers[1]["shape"], serde_json::json!([1, 8, 64, 64]));
+}
+
+#[test]
+fn bench_random_weights_needs_no_download() {
+    let o = spotter(&["bench", "--model", "gelan-s", "--random-weights", "--imgsz", "64", "--runs", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["params"], 7_105_888);
+    assert_eq!(r["model"], "gelan-s");
+}

@@ -1,0 +1,134 @@
+//! `spotter detect` on real photos with an official-format checkpoint, against the detections
+//! the official implementation produced (`tests/fixtures/yolov9/full/expected`).
+
+use serde_json::Value;
+
+use crate::{assert_clean_error, fixture, spotter, stderr};
+
+const PHOTOS: [(&str, &str); 4] =
+    [("astronaut", "png"), ("chelsea", "png"), ("coffee", "png"), ("grace_hopper", "jpg")];
+
+fn iou(a: &[f64], b: &[f64]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+#[test]
+fn full_size_gelan_s_reproduces_the_official_detections() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("photos");
+    std::fs::create_dir(&images).unwrap();
+    for (name, ext) in PHOTOS {
+        std::fs::copy(fixture(&format!("images/{name}.{ext}")), images.join(format!("{name}.{ext}"))).unwrap();
+    }
+    let out = dir.path().join("detections.jsonl");
+    let model = fixture("yolov9/full/gelan-s.pt");
+    let o = spotter(&[
+        "detect",
+        images.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), PHOTOS.len());
+    for (frame, ((name, _), line)) in PHOTOS.iter().zip(&lines).enumerate() {
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("yolov9/full/expected/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(line["frame"], frame);
+        assert_eq!(line["model"], "gelan-s");
+        let hw = &expected["orig_hw"];
+        assert_eq!((&line["height"], &line["width"]), (&hw[0], &hw[1]));
+        let ours: Vec<(Vec<f64>, f64, u64)> = line["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let b = d["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                (b, d["score"].as_f64().unwrap(), d["class_id"].as_u64().unwrap())
+            })
+            .collect();
+        let theirs: Vec<(Vec<f64>, f64, u64)> = expected["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let r: Vec<f64> = r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                (r[..4].to_vec(), r[4], r[5] as u64)
+            })
+            .collect();
+        // Every official box has a partner: same class, corners within 1 px, score within 1e-3.
+        let mut taken = vec![false; ours.len()];
+        for (tb, ts, tc) in &theirs {
+            let partner = ours.iter().enumerate().position(|(i, (ob, os, oc))| {
+                !taken[i]
+                    && oc == tc
+                    && (os - ts).abs() <= 1e-3
+                    && ob.iter().zip(tb).all(|(a, b)| (a - b).abs() <= 1.0)
+                    && iou(ob, tb) > 0.9
+            });
+            match partner {
+                Some(i) => taken[i] = true,
+                None => panic!("{name}: official box {tb:?} {ts} class {tc} not found"),
+            }
+        }
+        assert_eq!(ours.len(), theirs.len(), "{name}: extra detections");
+    }
+}
+
+#[test]
+fn detect_reports_bad_input_in_one_line() {
+    let model = fixture("yolov9/tiny/tiny-gelan-s.pt");
+    let model = model.to_str().unwrap();
+    assert_clean_error(&spotter(&["detect", "/no/such/photo.jpg", "--model", model]), "no such file");
+    let clip = fixture("images/clip.mp4");
+    assert_clean_error(&spotter(&["detect", clip.to_str().unwrap(), "--model", model]), "not a readable image");
+    let photo = fixture("images/coffee.png");
+    let photo = photo.to_str().unwrap();
+    assert_clean_error(&spotter(&["detect", photo, "--model", "/no/such/weights.pt"]), "weights.pt");
+    assert_clean_error(&spotter(&["detect", photo, "--model", "gelan-c"]), "spotter weights fetch gelan-c");
+    assert_clean_error(&spotter(&["detect", photo, "--model", photo]), "coffee.png");
+    assert_clean_error(&spotter(&["detect", photo, "--model", model, "--imgsz", "100"]), "multiple of 32");
+    assert_clean_error(&spotter(&["detect", photo, "--model", model, "--device", "tpu"]), "unknown device");
+    assert_clean_error(
+        &spotter(&["detect", photo, "--model", model, "--json", "/no/such/dir/out.jsonl"]),
+        "cannot write",
+    );
+}
+
+#[test]
+fn detect_prints_detections_and_filters_classes() {
+    let model = fixture("yolov9/tiny/tiny-gelan-c.pt");
+    let photo = fixture("images/coffee.png");
+    let o = spotter(&["detect", photo.to_str().unwrap(), "--model", model.to_str().unwrap(), "--imgsz", "128"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = crate::stdout(&o);
+    // tiny-gelan-c keeps 110 boxes on this photo at 128 (see the fixture json).
+    assert!(text.contains("coffee.png (600x400): 110 detections"), "{text}");
+    let o = spotter(&[
+        "detect",
+        photo.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--imgsz",
+        "128",
+        "--classes",
+        "0",
+        "--conf",
+        "0.3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = crate::stdout(&o);
+    for line in text.lines().skip(1) {
+        assert!(line.trim_start().starts_with("person"), "{line}");
+    }
+}
