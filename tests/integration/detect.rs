@@ -66,14 +66,15 @@ fn full_size_gelan_s_reproduces_the_official_detections() {
                 (r[..4].to_vec(), r[4], r[5] as u64)
             })
             .collect();
-        // Every official box has a partner: same class, corners within 1 px, score within 1e-3.
+        // Every official box has a partner: same class, corners within 0.05 px, score within 2e-4
+        // (the issue asks 1 px and 1e-3; measured 1.3e-4 px and 5.5e-6).
         let mut taken = vec![false; ours.len()];
         for (tb, ts, tc) in &theirs {
             let partner = ours.iter().enumerate().position(|(i, (ob, os, oc))| {
                 !taken[i]
                     && oc == tc
-                    && (os - ts).abs() <= 1e-3
-                    && ob.iter().zip(tb).all(|(a, b)| (a - b).abs() <= 1.0)
+                    && (os - ts).abs() <= 2e-4
+                    && ob.iter().zip(tb).all(|(a, b)| (a - b).abs() <= 0.05)
                     && iou(ob, tb) > 0.9
             });
             match partner {
