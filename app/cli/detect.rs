@@ -1,4 +1,5 @@
-//! `spotter detect`: detections on images (and folders of images) as text or JSON Lines.
+//! `spotter detect`: detections on images, folders of images, video files, network streams and
+//! cameras, as text or JSON Lines, with an annotated MP4 for video.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -6,18 +7,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use spotter_detector::image_io::{is_image_path, read_image};
 use spotter_detector::{Detector, LetterboxMode, NmsOptions};
+use spotter_pipeline::SourceSpec;
 
 use super::ModelArgs;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DetectArgs {
-    /// An image file or a folder of images.
-    source: PathBuf,
-    /// Model: a variant name (gelan-s, gelan-c, yolov9-e, ...) or a weights file.
-    #[arg(long)]
-    model: Option<String>,
+    /// An image, a folder of images, a video file, a stream URL (rtsp://, http://, ...), or a
+    /// camera (`camera:0`, `camera:0@1280x720@30`).
+    pub source: String,
+    /// Model: a variant name (gelan-s, gelan-c, yolov9-e, ...) or a weights file. Repeat (up to
+    /// 4) to compare models on the same frames.
+    #[arg(long = "model")]
+    models: Vec<String>,
     #[command(flatten)]
-    model_args: ModelArgs,
+    pub model_args: ModelArgs,
     /// Confidence threshold.
     #[arg(long, default_value_t = 0.25)]
     conf: f32,
@@ -35,10 +39,16 @@ pub struct DetectArgs {
     max_det: usize,
     /// Stop after this many frames.
     #[arg(long)]
-    max_frames: Option<usize>,
+    pub max_frames: Option<usize>,
     /// Write detections as JSON Lines (one object per frame) to this file.
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    /// Write the annotated video (H.264 MP4) to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Do not copy the source's audio into --out.
+    #[arg(long)]
+    pub no_audio: bool,
 }
 
 /// The images of `source`: the file itself, or the folder's images in name order.
@@ -76,25 +86,56 @@ struct JsonFrame<'a> {
     width: u32,
     height: u32,
     model: &'a str,
-    source: String,
+    pub source: String,
     detections: Vec<JsonDetection<'a>>,
 }
 
 pub fn run(args: DetectArgs) -> Result<()> {
-    let images = list_images(&args.source)?;
     if !(0.0..=1.0).contains(&args.conf) || !(0.0..=1.0).contains(&args.iou) {
         bail!("--conf and --iou must lie between 0 and 1");
     }
-    let nms = NmsOptions {
-        conf_threshold: args.conf,
-        iou_threshold: args.iou,
-        max_det: args.max_det,
-        agnostic: args.agnostic_nms,
-        classes: args.classes.clone(),
-    };
-    let model = args.model.clone().unwrap_or_else(|| super::default_model(&args.model_args.device).to_string());
-    let options = args.model_args.options(nms, LetterboxMode::MinimalRect)?;
-    let mut detector = Detector::load(&model, options)?;
+    if args.models.len() > spotter_pipeline::runner::MAX_MODELS {
+        bail!("compare at most {} models", spotter_pipeline::runner::MAX_MODELS);
+    }
+    let spec = SourceSpec::parse(&args.source)?;
+    match spec {
+        SourceSpec::Image(_) | SourceSpec::Folder(_) => run_images(args),
+        other => super::video::run(other, args),
+    }
+}
+
+impl DetectArgs {
+    pub fn nms(&self) -> NmsOptions {
+        NmsOptions {
+            conf_threshold: self.conf,
+            iou_threshold: self.iou,
+            max_det: self.max_det,
+            agnostic: self.agnostic_nms,
+            classes: self.classes.clone(),
+        }
+    }
+
+    /// The models to run: those named, or the default for the device.
+    pub fn models(&self) -> Vec<String> {
+        if self.models.is_empty() {
+            vec![super::default_model(&self.model_args.device).to_string()]
+        } else {
+            self.models.clone()
+        }
+    }
+}
+
+fn run_images(args: DetectArgs) -> Result<()> {
+    let images = list_images(Path::new(&args.source))?;
+    if args.out.is_some() {
+        bail!("--out writes a video; for images use --json");
+    }
+    let models = args.models();
+    if models.len() > 1 {
+        bail!("compare several models on video or camera sources; run images once per model");
+    }
+    let options = args.model_args.options(args.nms(), LetterboxMode::MinimalRect)?;
+    let mut detector = Detector::load(&models[0], options)?;
     let mut json_out = match &args.json {
         Some(p) => {
             Some(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?))

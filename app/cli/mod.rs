@@ -2,6 +2,7 @@
 
 mod bench;
 mod detect;
+mod video;
 
 use std::path::PathBuf;
 
@@ -18,14 +19,14 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Detect objects in an image or a folder of images.
+    /// Detect objects in images, video files, streams or cameras.
     Detect(detect::DetectArgs),
     /// Measure the detector's speed (p50/p95 ms per frame, optionally per layer).
     Bench(bench::BenchArgs),
 }
 
 /// Model and device options shared by the commands.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// Device: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
@@ -45,7 +46,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn options(&self, nms: NmsOptions, letterbox: LetterboxMode) -> Result<DetectorOptions> {
+    pub fn options(&self, nms: NmsOptions, letterbox: LetterboxMode) -> Result<DetectorOptions> {
         Ok(DetectorOptions {
             device: self.device.parse::<DeviceChoice>()?,
             precision: self.precision.parse::<Precision>()?,
