@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use spotter_detector::image_io::{is_image_path, read_image};
-use spotter_detector::{Detector, LetterboxMode, NmsOptions};
+use spotter_detector::{LetterboxMode, NmsOptions};
 
 use super::ModelArgs;
 
@@ -94,7 +94,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
     };
     let model = args.model.clone().unwrap_or_else(|| super::default_model(&args.model_args.device).to_string());
     let options = args.model_args.options(nms, LetterboxMode::MinimalRect)?;
-    let mut detector = Detector::load(&model, options)?;
+    let mut detector = crate::weights::load_detector(&model, options)?;
     let mut json_out = match &args.json {
         Some(p) => {
             Some(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?))
