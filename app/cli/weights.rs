@@ -1,5 +1,6 @@
 //! `spotter weights list | fetch NAME... | convert IN OUT | info PATH`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -71,13 +72,20 @@ enum WeightsCommand {
 
 pub fn run(args: WeightsArgs) -> Result<()> {
     let registry = Registry::load(args.registry.as_deref())?;
-    match args.command {
+    let result = match args.command {
         WeightsCommand::List { dir, json } => list(&registry, dir.as_deref(), json),
         WeightsCommand::Fetch { names, dir, mirror, force } => {
             fetch(&registry, &names, dir.as_deref(), mirror.as_deref(), force)
         }
         WeightsCommand::Convert { input, output, half } => convert(&input, &output, half),
         WeightsCommand::Info { path, dir, json } => info(&registry, &path, dir.as_deref(), json),
+    };
+    // `spotter weights list | head` is not an error.
+    match result {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -106,10 +114,15 @@ struct ListRow<'a> {
 }
 
 fn list(registry: &Registry, dir: Option<&Path>, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let dirs = weights_dirs(dir);
     let target = weights::download_dir(dir);
     if !json {
-        println!("{:<20} {:<10} {:>8} {:>7} {:>8} {:>9}  local", "name", "kind", "params", "GFLOPs", "COCO AP", "size");
+        writeln!(
+            out,
+            "{:<20} {:<10} {:>8} {:>7} {:>8} {:>9}  local",
+            "name", "kind", "params", "GFLOPs", "COCO AP", "size"
+        )?;
     }
     for v in &registry.variants {
         let local = weights::find_local(v, &dirs);
@@ -129,10 +142,11 @@ fn list(registry: &Registry, dir: Option<&Path>, json: bool) -> Result<()> {
                 note: v.note.as_deref(),
                 local: local.as_ref().map(|p| p.display().to_string()),
             };
-            println!("{}", serde_json::to_string(&row)?);
+            writeln!(out, "{}", serde_json::to_string(&row)?)?;
             continue;
         }
-        println!(
+        writeln!(
+            out,
             "{:<20} {:<10} {:>8} {:>7} {:>8} {:>9}  {}",
             v.name,
             v.kind.label(),
@@ -141,21 +155,22 @@ fn list(registry: &Registry, dir: Option<&Path>, json: bool) -> Result<()> {
             opt_num(v.coco.as_ref().map(|c| c.ap), 1),
             size.map(human_bytes).unwrap_or_else(|| "-".into()),
             local.map(|p| p.display().to_string()).unwrap_or_else(|| "not downloaded".into()),
-        );
+        )?;
     }
     if !json {
         match target {
-            Ok(t) => println!("downloads go to {} (`spotter weights fetch NAME`)", t.display()),
-            Err(e) => println!("{e}"),
+            Ok(t) => writeln!(out, "downloads go to {} (`spotter weights fetch NAME`)", t.display())?,
+            Err(e) => writeln!(out, "{e}")?,
         }
         if let Some(extra) = &registry.extra {
-            println!("registry: official + {}", extra.display());
+            writeln!(out, "registry: official + {}", extra.display())?;
         }
     }
     Ok(())
 }
 
 fn fetch(registry: &Registry, names: &[String], dir: Option<&Path>, mirror: Option<&str>, force: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     // Every name is checked before anything is downloaded.
     let variants: Vec<&Variant> = names.iter().map(|n| registry.require(n)).collect::<Result<_, _>>()?;
     let target = weights::download_dir(dir)?;
@@ -164,7 +179,7 @@ fn fetch(registry: &Registry, names: &[String], dir: Option<&Path>, mirror: Opti
     let search = if dir.is_some() { vec![target.clone()] } else { weights_dirs(None) };
     for v in variants {
         if !force && let Some(found) = weights::find_local(v, &search) {
-            println!("{}: already present at {}", v.name, found.display());
+            writeln!(out, "{}: already present at {}", v.name, found.display())?;
             continue;
         }
         let req = weights::request(v, &target, mirror.as_deref());
@@ -172,12 +187,20 @@ fn fetch(registry: &Registry, names: &[String], dir: Option<&Path>, mirror: Opti
         let fetched = download::download(&req, &|p| bar.update(p), &AtomicBool::new(false))
             .map_err(|e| weights::with_hint(e, v, &target))?;
         drop(bar);
-        println!("{}: {} ({}, sha256 {})", v.name, fetched.path.display(), human_bytes(fetched.bytes), fetched.sha256);
+        writeln!(
+            out,
+            "{}: {} ({}, sha256 {})",
+            v.name,
+            fetched.path.display(),
+            human_bytes(fetched.bytes),
+            fetched.sha256
+        )?;
     }
     Ok(())
 }
 
 fn convert(input: &Path, output: &Path, half: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if !input.is_file() {
         bail!("{}: no such file", input.display());
     }
@@ -204,12 +227,13 @@ fn convert(input: &Path, output: &Path, half: bool) -> Result<()> {
         }
     };
     let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
-    println!(
+    writeln!(
+        out,
         "{}: {variant}, {tensors} tensors, {}, {}",
         output.display(),
         converted.info().file_dtype,
         human_bytes(size)
-    );
+    )?;
     Ok(())
 }
 
@@ -234,6 +258,7 @@ struct InfoJson<'a> {
 }
 
 fn info(registry: &Registry, source: &str, dir: Option<&Path>, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let path = if Path::new(source).exists() {
         PathBuf::from(source)
     } else if let Some(v) = registry.get(source) {
@@ -252,7 +277,7 @@ fn info(registry: &Registry, source: &str, dir: Option<&Path>, json: bool) -> Re
     let entry = registry.get(&info.variant).or_else(|| registry.find(&file_name));
     let inference_layers = info.layers.iter().filter(|l| l.inference).count();
     if json {
-        let out = InfoJson {
+        let record = InfoJson {
             path: path.display().to_string(),
             format: info.format,
             size,
@@ -270,27 +295,28 @@ fn info(registry: &Registry, source: &str, dir: Option<&Path>, json: bool) -> Re
             pgi_branch: info.has_pgi_branch,
             strides: &info.strides,
         };
-        println!("{}", serde_json::to_string(&out)?);
+        writeln!(out, "{}", serde_json::to_string(&record)?)?;
         return Ok(());
     }
     let shown: Vec<&str> = info.names.iter().take(8).map(String::as_str).collect();
     let more = if info.nc > shown.len() { format!(", ... ({} more)", info.nc - shown.len()) } else { String::new() };
-    println!("file:       {} ({}, {})", path.display(), info.format, human_bytes(size));
-    println!("sha256:     {sha256}");
+    writeln!(out, "file:       {} ({}, {})", path.display(), info.format, human_bytes(size))?;
+    writeln!(out, "sha256:     {sha256}")?;
     match entry {
-        Some(v) => println!("variant:    {} ({}, {})", info.variant, v.kind.label(), v.url),
-        None => println!("variant:    {} (not in the registry)", info.variant),
+        Some(v) => writeln!(out, "variant:    {} ({}, {})", info.variant, v.kind.label(), v.url)?,
+        None => writeln!(out, "variant:    {} (not in the registry)", info.variant)?,
     }
-    println!("classes:    {} ({}{more})", info.nc, shown.join(", "));
-    println!("params:     {} (fused, inference branch)", group_digits(info.params));
-    println!("GFLOPs:     {:.1} at 640x640", info.gflops_640);
-    println!("dtype:      {} in the file; runs in float32 on the CPU", info.file_dtype);
-    println!("layers:     {} ({inference_layers} on the inference path)", info.layers.len());
-    println!(
+    writeln!(out, "classes:    {} ({}{more})", info.nc, shown.join(", "))?;
+    writeln!(out, "params:     {} (fused, inference branch)", group_digits(info.params))?;
+    writeln!(out, "GFLOPs:     {:.1} at 640x640", info.gflops_640)?;
+    writeln!(out, "dtype:      {} in the file; runs in float32 on the CPU", info.file_dtype)?;
+    writeln!(out, "layers:     {} ({inference_layers} on the inference path)", info.layers.len())?;
+    writeln!(
+        out,
         "PGI branch: {}",
         if info.has_pgi_branch { "yes (auxiliary training branch, dropped at load)" } else { "no" }
-    );
-    println!("strides:    {:?}", info.strides);
+    )?;
+    writeln!(out, "strides:    {:?}", info.strides)?;
     Ok(())
 }
 

@@ -111,6 +111,8 @@ fn describe(err: &ureq::Error) -> String {
                 "the connection was closed".into()
             }
             K::TimedOut | K::WouldBlock => "timed out".into(),
+            // Name resolution failures (getaddrinfo) have no kind of their own.
+            _ if e.to_string().contains("lookup address") => format!("cannot resolve the host name ({e})"),
             _ => e.to_string(),
         },
         ureq::Error::HostNotFound => "host not found (no network, or a wrong mirror URL?)".into(),

@@ -458,3 +458,19 @@ fn a_server_without_range_support_restarts_the_file() {
     assert_eq!(server.finish()[0].range.as_deref(), Some("bytes=1000-"));
     assert_eq!(bytes(&dest), data, "the stale part was replaced, not appended to");
 }
+
+#[test]
+fn list_into_a_closed_pipe_is_not_a_crash() {
+    // `spotter weights list | head -1`: the reader goes away before the table is written.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spotter"))
+        .args(["weights", "list"])
+        .env("SPOTTER_WEIGHTS_DIR", crate::root().join("tests/fixtures/no-weights"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
