@@ -207,6 +207,11 @@ fn convert(input: &Path, output: &Path, half: bool) -> Result<()> {
     if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("{}: the output must be a .safetensors file", output.display());
     }
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!("cannot write {}: {} is not a folder", output.display(), parent.display());
+    }
     if output.exists() && std::fs::canonicalize(input).ok() == std::fs::canonicalize(output).ok() {
         bail!("{}: input and output are the same file", output.display());
     }

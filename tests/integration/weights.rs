@@ -419,7 +419,23 @@ fn convert_reports_bad_input_in_one_line() {
         &spotter(&["weights", "convert", model.to_str().unwrap(), bad_out.to_str().unwrap()]),
         "must be a .safetensors file",
     );
-    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "nothing written");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let inside_file = file.join("out.safetensors");
+    assert_clean_error(
+        &spotter(&["weights", "convert", model.to_str().unwrap(), inside_file.to_str().unwrap()]),
+        &format!("cannot write {}: {} is not a folder", inside_file.display(), file.display()),
+    );
+    let same = tmp.path().join("same.safetensors");
+    std::fs::copy(tiny("tiny-gelan-s.safetensors"), &same).unwrap();
+    assert_clean_error(
+        &spotter(&["weights", "convert", same.to_str().unwrap(), same.to_str().unwrap()]),
+        "input and output are the same file",
+    );
+    let mut left: Vec<String> =
+        std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["a-file", "same.safetensors"], "nothing written");
 }
 
 #[test]
