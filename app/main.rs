@@ -4,6 +4,7 @@
 //! window. Errors print as one line on stderr with a non-zero exit code.
 
 mod cli;
+mod weights;
 
 use std::process::ExitCode;
 

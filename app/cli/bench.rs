@@ -75,8 +75,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
     let options = args.model_args.options(NmsOptions::default(), LetterboxMode::Square)?;
     let imgsz = options.imgsz as usize;
-    let mut det =
-        if args.random_weights { Detector::synthetic(name, options)? } else { Detector::load(name, options)? };
+    let mut det = if args.random_weights {
+        Detector::synthetic(name, options)?
+    } else {
+        crate::weights::load_detector(name, options)?
+    };
     // Speed does not depend on the pixel values; a fixed pattern keeps runs comparable.
     let n = args.batch * 3 * imgsz * imgsz;
     let pattern: Vec<f32> = (0..n).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use spotter_detector::image_io::{is_image_path, read_image};
-use spotter_detector::{Detector, LetterboxMode, NmsOptions};
+use spotter_detector::{LetterboxMode, NmsOptions};
 use spotter_pipeline::SourceSpec;
 
 use super::ModelArgs;
@@ -135,7 +135,7 @@ fn run_images(args: DetectArgs) -> Result<()> {
         bail!("compare several models on video or camera sources; run images once per model");
     }
     let options = args.model_args.options(args.nms(), LetterboxMode::MinimalRect)?;
-    let mut detector = Detector::load(&models[0], options)?;
+    let mut detector = crate::weights::load_detector(&models[0], options)?;
     let mut json_out = match &args.json {
         Some(p) => {
             Some(BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?))

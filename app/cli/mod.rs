@@ -3,6 +3,7 @@
 mod bench;
 mod detect;
 mod video;
+mod weights;
 
 use std::path::PathBuf;
 
@@ -23,6 +24,8 @@ enum Command {
     Detect(detect::DetectArgs),
     /// Measure the detector's speed (p50/p95 ms per frame, optionally per layer).
     Bench(bench::BenchArgs),
+    /// Official weights: list, download (with resume and a mirror), convert, inspect.
+    Weights(weights::WeightsArgs),
 }
 
 /// Model and device options shared by the commands.
@@ -72,6 +75,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(Command::Detect(a)) => detect::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Weights(a)) => weights::run(a),
         None => {
             use clap::CommandFactory;
             Args::command().print_help()?;

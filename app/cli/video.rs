@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use spotter_detector::{Detector, LetterboxMode};
+use spotter_detector::LetterboxMode;
 use spotter_pipeline::stats::StatsSnapshot;
 use spotter_pipeline::{Event, FrameDetector, ModelLoader, OutputConfig, Pipeline, PipelineConfig, SourceSpec};
 
@@ -15,7 +15,8 @@ use super::detect::DetectArgs;
 pub fn run(spec: SourceSpec, args: DetectArgs) -> Result<()> {
     let options = args.model_args.options(args.nms(), LetterboxMode::MinimalRect)?;
     let loader: ModelLoader = Arc::new(move |name: &str| {
-        let d = Detector::load(name, options.clone())?;
+        let d = crate::weights::load_detector(name, options.clone())
+            .map_err(|e| spotter_pipeline::Error::Model(format!("{e:#}")))?;
         Ok(Box::new(d) as Box<dyn FrameDetector>)
     });
     let mut config = PipelineConfig::new(args.models(), loader);

@@ -201,17 +201,20 @@ pub fn weights_dirs(explicit: Option<&Path>) -> Vec<PathBuf> {
         dirs.push(PathBuf::from(d));
     }
     dirs.push(PathBuf::from("weights"));
-    if let Some(d) = user_data_dir() {
-        dirs.push(d.join("spotter").join("weights"));
+    if let Some(d) = user_weights_dir() {
+        dirs.push(d);
     }
     dirs
 }
 
-fn user_data_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".local").join("share"))
+/// The user's weights directory: `$XDG_DATA_HOME/spotter/weights`, else
+/// `~/.local/share/spotter/weights`.
+pub fn user_weights_dir() -> Option<PathBuf> {
+    let data = match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?).join(".local").join("share"),
+    };
+    Some(data.join("spotter").join("weights"))
 }
 
 /// Finds the file for `source`: an existing path, or a variant name in the weights directories.

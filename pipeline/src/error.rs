@@ -42,6 +42,10 @@ pub enum Error {
     #[error(transparent)]
     Detector(#[from] spotter_detector::Error),
 
+    /// A model could not be loaded (the loader's message).
+    #[error("{0}")]
+    Model(String),
+
     #[error("the pipeline stopped")]
     Stopped,
 }

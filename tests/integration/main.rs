@@ -3,6 +3,8 @@
 
 mod bench;
 mod detect;
+mod http_server;
+mod weights;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,15 +18,29 @@ pub fn fixture(rel: &str) -> PathBuf {
     root().join("tests/fixtures").join(rel)
 }
 
-/// Runs the binary with `args`; no weights directory of the user's is looked at.
+/// Runs the binary with `args`; no weights directory of the user's is looked at, and a
+/// missing variant is "downloaded" from a loopback port where nothing listens (no test ever
+/// reaches the internet).
 pub fn spotter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spotter"))
-        .args(args)
+    spotter_with(args, &[])
+}
+
+/// [`spotter`] with extra (or replaced) environment variables.
+pub fn spotter_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spotter"));
+    cmd.args(args)
         .env("SPOTTER_WEIGHTS_DIR", root().join("tests/fixtures/no-weights"))
         .env("XDG_DATA_HOME", root().join("tests/fixtures/no-weights"))
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("spotter runs")
+        .env("SPOTTER_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
+        .env_remove("SPOTTER_WEIGHTS_REGISTRY")
+        .env_remove("RUST_LOG");
+    for proxy in ["http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        cmd.env_remove(proxy);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("spotter runs")
 }
 
 pub fn stderr(o: &Output) -> String {
