@@ -88,6 +88,9 @@ impl VideoWriter {
         if global_header {
             encoder.set_flags(ff::codec::Flags::GLOBAL_HEADER);
         }
+        // No B-frames: packets come out in presentation order, so the fragmented MP4 needs no
+        // edit list and every frame keeps exactly its source timestamp.
+        encoder.set_max_b_frames(0);
         let mut opts = ff::Dictionary::new();
         opts.set("preset", "veryfast");
         opts.set("crf", "23");
@@ -221,6 +224,11 @@ impl VideoWriter {
                         continue;
                     }
                     let t = packet.pts().or(packet.dts()).map(|p| p as f64 * tb).unwrap_or(0.0);
+                    if t < 0.0 {
+                        // Encoder priming before the first video frame (AAC starts at -1024
+                        // samples): a negative start would make the muxer shift every stream.
+                        continue;
+                    }
                     packet.set_stream(audio.out_index);
                     packet.rescale_ts(audio.in_tb, out_tb);
                     packet.set_position(-1);

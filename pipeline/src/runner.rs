@@ -256,6 +256,7 @@ impl Pipeline {
 
         let mut threads = Vec::new();
         let decoder_stats = Arc::clone(&stats);
+        let decoder_error = Arc::clone(&error);
         let policy_cell = Arc::new(Mutex::new(Policy::Lossless));
         let policy_for_decoder = Arc::clone(&policy_cell);
         let (frames_tx, frames_rx) = bounded::<Arc<Frame>>(4);
@@ -281,6 +282,7 @@ impl Pipeline {
             decode_loop(
                 source.as_mut(),
                 DecodeCtx {
+                    error: decoder_error,
                     commands: decoder_rx,
                     frames: frames_tx,
                     frames_back: frames_rx_for_decoder,
@@ -441,6 +443,8 @@ impl Drop for Pipeline {
 }
 
 struct DecodeCtx {
+    /// Where a fatal source error goes (the first one wins).
+    error: Arc<Mutex<Option<String>>>,
     commands: Receiver<DecoderCommand>,
     frames: Sender<Arc<Frame>>,
     frames_back: Receiver<Arc<Frame>>,
@@ -496,6 +500,9 @@ fn decode_loop(source: &mut dyn FrameSource, mut ctx: DecodeCtx) {
                 if let Ok(mut s) = ctx.stats.lock() {
                     s.decode_errors += 1;
                 }
+                if let Ok(mut slot) = ctx.error.lock() {
+                    slot.get_or_insert(e.to_string());
+                }
                 break;
             }
         };
@@ -523,16 +530,14 @@ fn decode_loop(source: &mut dyn FrameSource, mut ctx: DecodeCtx) {
                 }
             }
             Policy::Live => {
-                if let Err(TrySendError::Full(frame)) = ctx.frames.try_send(frame) {
-                    // Replace the stale frame nobody took yet.
-                    if ctx.frames_back.try_recv().is_ok()
-                        && let Ok(mut s) = ctx.stats.lock()
-                    {
+                // Keep only the newest frame waiting: replace any stale one nobody took yet.
+                while ctx.frames_back.try_recv().is_ok() {
+                    if let Ok(mut s) = ctx.stats.lock() {
                         s.dropped += 1;
                     }
-                    if let Err(TrySendError::Disconnected(_)) = ctx.frames.try_send(frame) {
-                        break;
-                    }
+                }
+                if let Err(TrySendError::Disconnected(_)) = ctx.frames.try_send(frame) {
+                    break;
                 }
             }
         }

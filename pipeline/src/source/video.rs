@@ -194,9 +194,7 @@ impl VideoSource {
                     }
                 }
                 Err(ff::Error::Eof) => {
-                    if self.info.live {
-                        return Err(Error::StreamDropped(self.info.name.clone()));
-                    }
+                    // A clean end, also for a network stream (a drop shows as an error).
                     self.eof_sent = true;
                     let _ = self.decoder.send_eof();
                 }
