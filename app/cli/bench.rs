@@ -1,5 +1,6 @@
 //! `spotter bench`: forward-pass latency per model and input size, optionally per layer.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -35,6 +36,13 @@ pub struct BenchArgs {
     /// not depend on the weight values).
     #[arg(long)]
     random_weights: bool,
+    /// Also run the whole pipeline (decode, detect, annotate, encode) on this clip and compare
+    /// its frame rate with the detector alone on the same frames, in the same run.
+    #[arg(long)]
+    pipeline: Option<std::path::PathBuf>,
+    /// Frames of the clip to use with --pipeline.
+    #[arg(long, default_value_t = 50)]
+    frames: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -137,6 +145,77 @@ fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
     })
 }
 
+/// The detector alone on the clip's decoded frames, then the whole pipeline on the same clip.
+fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Result<()> {
+    use spotter_pipeline::source::{FrameSource, OpenOptions, VideoSource};
+    use spotter_pipeline::{FrameDetector, ModelLoader, OutputConfig, Pipeline, PipelineConfig, SourceSpec};
+
+    let options = args.model_args.options(NmsOptions::default(), LetterboxMode::MinimalRect)?;
+    let load = {
+        let options = options.clone();
+        let random = args.random_weights;
+        move |name: &str| -> Result<Detector> {
+            Ok(if random {
+                Detector::synthetic(name, options.clone())?
+            } else {
+                crate::weights::load_detector(name, options.clone())?
+            })
+        }
+    };
+    // Decode first, so the detector-alone run measures detection only.
+    let mut source = VideoSource::open(&clip.to_string_lossy(), &OpenOptions::file())?;
+    let mut frames = Vec::new();
+    while frames.len() < args.frames as usize {
+        match source.next_frame()? {
+            Some(f) => frames.push(f.image),
+            None => break,
+        }
+    }
+    if frames.is_empty() {
+        anyhow::bail!("{}: no frames", clip.display());
+    }
+    let mut det = load(name)?;
+    det.detect(&frames[0])?; // warm-up
+    let t = Instant::now();
+    for f in &frames {
+        det.detect(f)?;
+    }
+    let alone_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
+    drop(det);
+
+    let dir = std::env::temp_dir().join(format!("spotter-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let loader: ModelLoader = Arc::new(move |n: &str| {
+        load(n)
+            .map(|d| Box::new(d) as Box<dyn FrameDetector>)
+            .map_err(|e| spotter_pipeline::Error::Model(format!("{e:#}")))
+    });
+    let mut config = PipelineConfig::new(vec![name.to_string()], loader);
+    config.max_frames = Some(frames.len() as u64);
+    config.output =
+        OutputConfig { video: Some(dir.join("bench.mp4")), jsonl: Some(dir.join("bench.jsonl")), keep_audio: true };
+    let t = Instant::now();
+    let summary = Pipeline::start(SourceSpec::File(clip.to_path_buf()), config)?.wait()?;
+    let pipeline_fps = summary.frames_out as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let overhead_pct = (alone_fps / pipeline_fps - 1.0) * 100.0;
+    let row = serde_json::json!({
+        "model": name, "clip": clip.display().to_string(), "frames": frames.len(),
+        "detector_fps": alone_fps, "pipeline_fps": pipeline_fps, "overhead_pct": overhead_pct,
+        "stages": summary.stages,
+    });
+    if args.json {
+        println!("{row}");
+    } else {
+        println!(
+            "{name}: detector alone {alone_fps:.2} fps, whole pipeline {pipeline_fps:.2} fps on {} frames of {}: overhead {overhead_pct:+.1} %",
+            frames.len(),
+            clip.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     let models = if args.models.is_empty() {
         vec![super::default_model(&args.model_args.device).to_string()]
@@ -145,6 +224,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
+    }
+    if let Some(clip) = &args.pipeline {
+        for name in &models {
+            bench_pipeline(name, clip, &args)?;
+        }
+        return Ok(());
     }
     if !args.json {
         println!(

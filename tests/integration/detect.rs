@@ -91,8 +91,10 @@ fn detect_reports_bad_input_in_one_line() {
     let model = fixture("yolov9/tiny/tiny-gelan-s.pt");
     let model = model.to_str().unwrap();
     assert_clean_error(&spotter(&["detect", "/no/such/photo.jpg", "--model", model]), "no such file");
-    let clip = fixture("images/clip.mp4");
-    assert_clean_error(&spotter(&["detect", clip.to_str().unwrap(), "--model", model]), "not a readable image");
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("photo.jpg");
+    std::fs::write(&fake, "a text file named like a photo").unwrap();
+    assert_clean_error(&spotter(&["detect", fake.to_str().unwrap(), "--model", model]), "not a readable image");
     let photo = fixture("images/coffee.png");
     let photo = photo.to_str().unwrap();
     assert_clean_error(&spotter(&["detect", photo, "--model", "/no/such/weights.pt"]), "weights.pt");

@@ -4,6 +4,7 @@
 mod bench;
 mod detect;
 mod http_server;
+mod video;
 mod weights;
 
 use std::path::{Path, PathBuf};

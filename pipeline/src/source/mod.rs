@@ -146,7 +146,7 @@ impl SourceSpec {
                 None => (rate, None),
             };
             let fps: f64 = rate.parse().map_err(|_| Error::BadSource(format!("bad frame rate '{rate}'")))?;
-            if !(fps > 0.0 && fps <= 1000.0) {
+            if fps.is_nan() || fps <= 0.0 || fps > 1000.0 {
                 return Err(Error::BadSource(format!("bad frame rate '{rate}'")));
             }
             return Ok(Self::Synthetic { width, height, fps, frames });
