@@ -3,8 +3,12 @@
 
 CARGO ?= cargo
 ARGS ?=
-# Debian packages the build and the tests need.
-APT_PACKAGES := build-essential pkg-config curl ca-certificates libturbojpeg0-dev
+# Debian packages the build and the tests need: a C toolchain, libclang (bindgen for the FFmpeg
+# and V4L2 bindings), FFmpeg's libraries (decode/encode) and its command-line tool (tests make
+# clips with it), libjpeg-turbo (JPEG decoding identical to OpenCV's).
+APT_PACKAGES := build-essential pkg-config clang libclang-dev curl ca-certificates libturbojpeg0-dev \
+	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev \
+	ffmpeg
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
