@@ -24,6 +24,8 @@ enum Command {
     Detect(detect::DetectArgs),
     /// Measure the detector's speed (p50/p95 ms per frame, optionally per layer).
     Bench(bench::BenchArgs),
+    /// List the cameras and the formats they offer (open one with `camera:INDEX` or `camera:NAME`).
+    Cameras,
     /// Official weights: list, download (with resume and a mirror), convert, inspect.
     Weights(weights::WeightsArgs),
 }
@@ -71,10 +73,37 @@ fn default_model(device: &str) -> &'static str {
     if gpu { "gelan-c" } else { "gelan-s" }
 }
 
+#[cfg(feature = "camera")]
+fn list_cameras() -> Result<()> {
+    use spotter_pipeline::source::camera;
+    let cameras = camera::list_cameras()?;
+    if cameras.is_empty() {
+        println!("no cameras found");
+    }
+    for c in cameras {
+        println!("camera:{}  {}  ({})", c.index, c.name, c.description);
+        match camera::camera_formats(&c.index) {
+            Ok(formats) => {
+                for (w, h, fps, format) in formats {
+                    println!("    {w}x{h} @ {fps} fps  {format}");
+                }
+            }
+            Err(e) => println!("    formats unavailable: {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "camera"))]
+fn list_cameras() -> Result<()> {
+    anyhow::bail!("this build has no camera support (feature `camera`)")
+}
+
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Some(Command::Detect(a)) => detect::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Cameras) => list_cameras(),
         Some(Command::Weights(a)) => weights::run(a),
         None => {
             use clap::CommandFactory;

@@ -115,3 +115,12 @@ fn video_bad_input_is_one_line() {
     );
     assert_clean_error(&spotter(&["detect", "synthetic:0x0", "--model", &model]), "bad size");
 }
+
+#[test]
+fn cameras_are_listed() {
+    // This machine has no camera: the real query runs and says so.
+    let o = spotter(&["cameras"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = crate::stdout(&o);
+    assert!(out.contains("no cameras found") || out.contains("camera:"), "{out}");
+}
