@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use spotter_detector::image_io::{is_image_path, read_image};
+use spotter_detector::image_io::read_image;
 use spotter_detector::{LetterboxMode, NmsOptions};
 use spotter_pipeline::SourceSpec;
 
@@ -54,16 +54,7 @@ pub struct DetectArgs {
 /// The images of `source`: the file itself, or the folder's images in name order.
 fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
     if source.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(source)
-            .with_context(|| format!("cannot read folder {}", source.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image_path(p))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            bail!("{}: no images in this folder", source.display());
-        }
-        Ok(files)
+        Ok(spotter_pipeline::source::image_files(source)?)
     } else if source.is_file() {
         Ok(vec![source.to_path_buf()])
     } else {

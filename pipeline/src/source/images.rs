@@ -8,6 +8,19 @@ use spotter_detector::image_io::{is_image_path, read_image};
 use super::{Frame, FrameSource, SourceInfo, SourceKind};
 use crate::error::{Error, Result};
 
+/// The image files of a folder, in name order (an error when there are none).
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::BadSource(format!("cannot read folder {}: {e}", dir.display())))?;
+    let mut paths: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_image_path(p)).collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(Error::BadSource(format!("{}: no images in this folder", dir.display())));
+    }
+    Ok(paths)
+}
+
 pub struct ImageSource {
     paths: Vec<PathBuf>,
     next: usize,
@@ -24,14 +37,7 @@ impl ImageSource {
 
     /// The folder's images in name order.
     pub fn folder(dir: &Path) -> Result<Self> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::BadSource(format!("{}: {e}", dir.display())))?;
-        let mut paths: Vec<PathBuf> =
-            entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_image_path(p)).collect();
-        paths.sort();
-        if paths.is_empty() {
-            return Err(Error::BadSource(format!("{}: no images in this folder", dir.display())));
-        }
-        Self::new(paths, dir)
+        Self::new(image_files(dir)?, dir)
     }
 
     fn new(paths: Vec<PathBuf>, name: &Path) -> Result<Self> {

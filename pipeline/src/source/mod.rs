@@ -14,7 +14,7 @@ use std::time::Instant;
 use spotter_detector::RgbFrame;
 use spotter_detector::image_io::is_image_path;
 
-pub use images::ImageSource;
+pub use images::{ImageSource, image_files};
 pub use synthetic::SyntheticSource;
 pub use video::{OpenOptions, VideoSource};
 
