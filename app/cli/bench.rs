@@ -67,6 +67,13 @@ struct BenchResult {
     mean_ms: f64,
     params: usize,
     gflops: f64,
+    /// Peak resident memory of the process (VmHWM), when the OS reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_mb: Option<f64>,
+    /// Resident memory after the timed runs minus after the warm-up: stays near 0 when
+    /// frames allocate nothing that grows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_growth_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<LayerRow>>,
 }
@@ -78,6 +85,14 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// A `/proc/self/status` field in MiB (`VmRSS`, `VmHWM`); None where there is no procfs.
+fn proc_status_mb(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line[field.len()..].trim_start_matches(':').split_whitespace().next()?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
@@ -96,12 +111,14 @@ fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
         det.forward(&input)?;
     }
     let mut times = Vec::with_capacity(args.runs);
+    let rss_after_warmup = proc_status_mb("VmRSS");
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
         det.forward(&input)?;
         det.device().synchronize()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let rss_growth_mb = rss_after_warmup.zip(proc_status_mb("VmRSS")).map(|(a, b)| b - a);
     let layers = if args.per_layer {
         det.set_profiling(true);
         let mut per_layer: Vec<Vec<LayerTiming>> = Vec::new();
@@ -141,6 +158,8 @@ fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
         mean_ms,
         params: info.params,
         gflops: info.gflops_640 * (imgsz as f64 / 640.0).powi(2),
+        rss_mb: proc_status_mb("VmHWM"),
+        rss_growth_mb,
         layers,
     })
 }
@@ -233,8 +252,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if !args.json {
         println!(
-            "{:<20} {:>6} {:>5} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8}",
-            "model", "imgsz", "batch", "device", "p50 ms", "p95 ms", "GFLOP/s", "Mparams", "GFLOPs"
+            "{:<20} {:>6} {:>5} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}",
+            "model", "imgsz", "batch", "device", "p50 ms", "p95 ms", "GFLOP/s", "Mparams", "GFLOPs", "RSS MB"
         );
     }
     for name in &models {
@@ -245,7 +264,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let throughput = r.gflops * r.batch as f64 / (r.p50_ms / 1e3);
         println!(
-            "{:<20} {:>6} {:>5} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7.2} {:>8.1}",
+            "{:<20} {:>6} {:>5} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7.2} {:>8.1} {:>7.0}",
             r.model,
             r.imgsz,
             r.batch,
@@ -254,7 +273,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.p95_ms,
             throughput,
             r.params as f64 / 1e6,
-            r.gflops
+            r.gflops,
+            r.rss_mb.unwrap_or(f64::NAN)
         );
         if let Some(layers) = &r.layers {
             let total: f64 = layers.iter().map(|l| l.ms).sum();

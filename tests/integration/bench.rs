@@ -31,6 +31,11 @@ fn bench_json_has_the_contract_fields_and_per_layer_rows() {
     assert_eq!(r["runs"], 3);
     assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
     assert!(r["p95_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    if cfg!(target_os = "linux") {
+        // Peak resident memory, and how much it grew over the timed runs (nothing per frame).
+        assert!(r["rss_mb"].as_f64().unwrap() > 1.0, "{r}");
+        assert!(r["rss_growth_mb"].as_f64().unwrap().abs() < 64.0, "{r}");
+    }
     // The inference model of tiny-yolov9-c: layers 0..=22 and the head, not the PGI branch.
     let layers = r["layers"].as_array().unwrap();
     let indices: Vec<u64> = layers.iter().map(|l| l["index"].as_u64().unwrap()).collect();

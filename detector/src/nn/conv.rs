@@ -5,6 +5,7 @@ use std::cell::Cell;
 
 use candle_core::{DType, Device, Module, Tensor};
 
+use super::cpu_conv::{CpuConv, Geometry};
 use crate::error::Result;
 use crate::spec::Activation;
 use crate::weights::Weights;
@@ -55,6 +56,8 @@ pub struct ConvBlock {
     dilation: usize,
     groups: usize,
     act: Option<Activation>,
+    /// The fast path for f32 on the CPU (see `cpu_conv`); None on other devices and dtypes.
+    cpu: Option<CpuConv>,
     span: tracing::Span,
 }
 
@@ -119,9 +122,18 @@ impl ConvBlock {
         kind: &'static str,
     ) -> Result<Self> {
         let to_dev = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(&ctx.device)?.to_dtype(ctx.dtype)?.contiguous()?) };
+        let weight = to_dev(weight)?;
+        let bias = to_dev(bias.reshape((1, shape.c2, 1, 1))?)?;
+        let cpu = if ctx.device.is_cpu() && ctx.dtype == DType::F32 {
+            let ConvShape { c1, c2, k, s, p, g, d } = shape;
+            Some(CpuConv::new(&weight, &bias, Geometry { c1, c2, k, s, p, d, g }, act)?)
+        } else {
+            None
+        };
         Ok(Self {
-            weight: to_dev(weight)?,
-            bias: to_dev(bias.reshape((1, shape.c2, 1, 1))?)?,
+            weight,
+            bias,
+            cpu,
             stride: shape.s,
             padding: shape.p,
             dilation: shape.d,
@@ -168,17 +180,28 @@ impl ConvBlock {
 impl Module for ConvBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
+        if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x)) {
+            let y = fast.forward(x)?;
+            self.count_macs(&y);
+            return Ok(y);
+        }
         let y = x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?;
+        self.count_macs(&y);
+        let y = y.broadcast_add(&self.bias)?;
+        match self.act {
+            Some(act) => apply_activation(act, &y),
+            None => Ok(y),
+        }
+    }
+}
+
+impl ConvBlock {
+    fn count_macs(&self, y: &Tensor) {
         MACS.with(|m| {
             if let Some(total) = m.get() {
                 let (_, cin_per_group, kh, kw) = self.weight.dims4().unwrap_or_default();
                 m.set(Some(total + (y.elem_count() * cin_per_group * kh * kw) as f64));
             }
         });
-        let y = y.broadcast_add(&self.bias)?;
-        match self.act {
-            Some(act) => apply_activation(act, &y),
-            None => Ok(y),
-        }
     }
 }

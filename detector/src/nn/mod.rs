@@ -3,4 +3,5 @@
 
 pub mod blocks;
 pub mod conv;
+mod cpu_conv;
 pub mod head;
