@@ -18,7 +18,7 @@ pub struct SyntheticSource {
 
 impl SyntheticSource {
     pub fn new(width: u32, height: u32, fps: f64, frames: Option<u64>) -> Result<Self> {
-        if width == 0 || height == 0 || !(fps > 0.0) {
+        if width == 0 || height == 0 || fps.is_nan() || fps <= 0.0 {
             return Err(Error::BadSource(format!("synthetic source {width}x{height}@{fps}")));
         }
         let info = SourceInfo {

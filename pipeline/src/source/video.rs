@@ -155,7 +155,8 @@ impl VideoSource {
         let fallback = self.info.fps.map(|f| self.next_index as f64 / f).unwrap_or(0.0);
         let pts_secs = ts.map(|t| t as f64 * self.time_base - self.start_secs).unwrap_or(fallback);
         let duration = self.decoded.packet().duration;
-        let duration_secs = (duration > 0).then(|| duration as f64 * self.time_base).or(self.info.fps.map(|f| 1.0 / f));
+        let duration_secs =
+            (duration > 0).then_some(duration as f64 * self.time_base).or(self.info.fps.map(|f| 1.0 / f));
         let index = self.next_index;
         self.next_index += 1;
         let now = Instant::now();
