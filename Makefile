@@ -4,7 +4,9 @@
 CARGO ?= cargo
 ARGS ?=
 # Debian packages the build and the tests need.
-APT_PACKAGES := build-essential pkg-config curl ca-certificates libturbojpeg0-dev
+APT_PACKAGES := build-essential pkg-config curl ca-certificates libturbojpeg0-dev \
+  ffmpeg xvfb xauth x11-apps \
+  libgl1 libegl1 libgl1-mesa-dri mesa-vulkan-drivers libvulkan1 libx11-xcb1 libxcursor1 libxi6 libxkbcommon-x11-0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
