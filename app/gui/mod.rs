@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use egui::{Color32, Key, KeyboardShortcut, Modifiers};
-use spotter_pipeline::{Command, ModelLoader, SourceKind};
+use spotter_pipeline::{Command, ModelLoader};
 
 pub use export::ExportRequest;
 pub use models::{NO_MODEL, missing_message};
@@ -57,6 +57,7 @@ pub enum Action {
     Seek(f64),
     SeekBy(f64),
     Speed(f64),
+    Loop(bool),
     ShowExport,
     StartExport,
     CancelExport,
@@ -180,7 +181,8 @@ impl SpotterApp {
         self.stop_recording();
         self.player = None;
         let models = self.wanted_models();
-        match Player::open(source, &models, Arc::clone(&self.loader), Arc::clone(&self.facts), ctx, start_paused) {
+        let (loader, facts) = (Arc::clone(&self.loader), Arc::clone(&self.facts));
+        match Player::open(source, &models, loader, facts, ctx, start_paused, self.state.looping) {
             Ok(p) => {
                 if let Some(s) = p.info.as_ref()
                     && !s.live
@@ -202,18 +204,12 @@ impl SpotterApp {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         if let Some(p) = self.player.as_mut() {
-            let ended = p.poll();
+            // Seekable files loop inside the pipeline (Command::Loop); the end is shown as it is.
+            let _ended = p.poll();
             if let (Some(r), Some(f)) = (self.recorder.as_mut(), p.latest.as_ref())
                 && p.fresh_frame
             {
                 r.push(f);
-            }
-            if ended
-                && self.state.looping
-                && p.info.as_ref().is_some_and(|i| i.kind == SourceKind::File)
-                && let Err(e) = p.restart(&ctx)
-            {
-                self.errors.push(format!("cannot restart: {e:#}"));
             }
         }
         if let Some(j) = self.export.as_mut() {
@@ -560,7 +556,7 @@ impl SpotterApp {
             Action::TogglePause => {
                 if let Some(p) = self.player.as_mut() {
                     if p.finished {
-                        if let Err(e) = p.restart(ctx) {
+                        if let Err(e) = p.restart(ctx, self.state.looping) {
                             self.errors.push(format!("cannot restart: {e:#}"));
                         }
                     } else {
@@ -576,6 +572,7 @@ impl SpotterApp {
                 }
             }
             Action::Speed(s) => self.send(Command::Speed(s)),
+            Action::Loop(on) => self.send(Command::Loop(on)),
             Action::ShowExport => {
                 if let Some(p) = &self.player
                     && p.info.as_ref().is_some_and(|i| !i.live)

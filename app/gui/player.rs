@@ -66,12 +66,14 @@ impl Player {
         facts: FactsMap,
         ctx: &egui::Context,
         start_paused: bool,
+        looping: bool,
     ) -> anyhow::Result<Self> {
         let spec = SourceSpec::parse(source)?;
         let mut config = PipelineConfig::new(vec![NO_MODEL.to_string()], Arc::clone(&loader));
         config.policy = Some(Policy::Live);
         config.realtime = true;
         config.start_paused = start_paused;
+        config.looping = looping;
         let pipeline = Pipeline::start(spec, config)?;
         let info = pipeline.info().clone();
         let events = forward_events(pipeline.events().clone(), ctx.clone())?;
@@ -146,14 +148,14 @@ impl Player {
         self.wanted = models;
     }
 
-    /// Restarts the source from the beginning with the same models (loop, or reopen after the end).
-    pub fn restart(&mut self, ctx: &egui::Context) -> anyhow::Result<()> {
+    /// Restarts the source from the beginning with the same models (play after the end).
+    pub fn restart(&mut self, ctx: &egui::Context, looping: bool) -> anyhow::Result<()> {
         let wanted = self.wanted.clone();
         let latest = self.latest.take();
         let notices = std::mem::take(&mut self.notices);
         self.pipeline = None; // stop the old one first
         let mut next =
-            Self::open(&self.source, &wanted, Arc::clone(&self.loader), Arc::clone(&self.facts), ctx, false)?;
+            Self::open(&self.source, &wanted, Arc::clone(&self.loader), Arc::clone(&self.facts), ctx, false, looping)?;
         next.latest = latest;
         next.notices = notices;
         *self = next;

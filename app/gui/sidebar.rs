@@ -206,7 +206,9 @@ pub fn transport_ui(
         } else {
             ui.monospace(clock(position));
         }
-        ui.checkbox(&mut state.looping, "Loop");
+        if ui.checkbox(&mut state.looping, "Loop").changed() {
+            actions.push(Action::Loop(state.looping));
+        }
         let mut speed = state.speed;
         egui::ComboBox::from_label("Speed").selected_text(format!("{speed}×")).width(60.0).show_ui(ui, |ui| {
             for s in [0.25, 0.5, 1.0, 1.5, 2.0, 4.0] {

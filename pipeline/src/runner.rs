@@ -97,6 +97,8 @@ pub struct PipelineConfig {
     pub max_frames: Option<u64>,
     /// Play files at their own pace (GUI playback) instead of as fast as possible.
     pub realtime: bool,
+    /// Start again from the beginning at the end (seekable sources).
+    pub looping: bool,
     pub start_paused: bool,
     /// Burn boxes into the frames sent with events too (the GUI draws its own overlay).
     pub annotate_events: bool,
@@ -111,6 +113,7 @@ impl PipelineConfig {
             output: OutputConfig::default(),
             max_frames: None,
             realtime: false,
+            looping: false,
             start_paused: false,
             annotate_events: false,
         }
@@ -128,6 +131,8 @@ pub enum Command {
     Seek(f64),
     /// Playback speed factor for realtime playback.
     Speed(f64),
+    /// Loop seekable sources (start again at the end).
+    Loop(bool),
     Nms(NmsOptions),
     ImageSize(u32),
     /// Replace the model in a slot (0 = the main one). Frames keep flowing on the old model
@@ -194,6 +199,7 @@ enum DecoderCommand {
     Pause,
     Resume,
     Step,
+    Loop(bool),
     Seek(f64),
     Speed(f64),
     Stop,
@@ -287,6 +293,7 @@ impl Pipeline {
         let frames_rx_for_decoder = frames_rx.clone();
         let max_frames = config.max_frames;
         let realtime = config.realtime;
+        let looping = config.looping;
         let start_paused = config.start_paused;
         let requested_policy = config.policy;
         threads.push(spawn("spotter-decode", move || {
@@ -314,6 +321,7 @@ impl Pipeline {
                     policy,
                     max_frames,
                     realtime,
+                    looping,
                     paused: start_paused,
                 },
             );
@@ -432,6 +440,7 @@ impl Pipeline {
             Command::Pause => to_decoder(DecoderCommand::Pause),
             Command::Resume => to_decoder(DecoderCommand::Resume),
             Command::Step => to_decoder(DecoderCommand::Step),
+            Command::Loop(on) => to_decoder(DecoderCommand::Loop(on)),
             Command::Seek(s) => to_decoder(DecoderCommand::Seek(s)),
             Command::Speed(s) => to_decoder(DecoderCommand::Speed(s)),
             Command::Stop => to_decoder(DecoderCommand::Stop),
@@ -479,6 +488,7 @@ struct DecodeCtx {
     policy: Policy,
     max_frames: Option<u64>,
     realtime: bool,
+    looping: bool,
     paused: bool,
 }
 
@@ -508,6 +518,10 @@ fn decode_loop(source: &mut dyn FrameSource, mut ctx: DecodeCtx) {
             }
             // Decode one frame (paused or not) and go on as before.
             Some(DecoderCommand::Step) => clock = None,
+            Some(DecoderCommand::Loop(on)) => {
+                ctx.looping = on;
+                continue;
+            }
             Some(DecoderCommand::Seek(secs)) => {
                 if let Err(e) = source.seek(secs) {
                     tracing::warn!("{e}");
@@ -523,6 +537,14 @@ fn decode_loop(source: &mut dyn FrameSource, mut ctx: DecodeCtx) {
         }
         let frame = match source.next_frame() {
             Ok(Some(f)) => f,
+            Ok(None) if ctx.looping && sent > 0 && source.info().seekable => {
+                if let Err(e) = source.seek(0.0) {
+                    tracing::warn!("cannot loop: {e}");
+                    break;
+                }
+                clock = None;
+                continue;
+            }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!("source: {e}");

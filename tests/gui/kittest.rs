@@ -267,6 +267,7 @@ fn snapshots_of_the_main_view_help_and_export() {
     h.key_press(Key::F1);
     h.run_steps(3);
     assert!(shows(&h, "Keyboard shortcuts") && shows(&h, "Ctrl+O"));
+    mask_status(&mut h);
     results.add(h.try_snapshot_options("gui_help", &snapshot_options()));
     h.key_press(Key::Escape);
     h.state_mut().app().export_dialog.path = out.path().join("snap.mp4").display().to_string();
