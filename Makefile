@@ -5,10 +5,12 @@ CARGO ?= cargo
 ARGS ?=
 # Debian packages the build and the tests need: a C toolchain, libclang (bindgen for the FFmpeg
 # and V4L2 bindings), FFmpeg's libraries (decode/encode) and its command-line tool (tests make
-# clips with it), libjpeg-turbo (JPEG decoding identical to OpenCV's).
+# clips with it), libjpeg-turbo (JPEG decoding identical to OpenCV's), and for the window an X
+# server (Xvfb, tests and screenshots) with the OpenGL/Vulkan runtime.
 APT_PACKAGES := build-essential pkg-config clang libclang-dev curl ca-certificates libturbojpeg0-dev \
 	libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev \
-	ffmpeg
+	ffmpeg xvfb xauth x11-apps \
+	libgl1 libegl1 libgl1-mesa-dri mesa-vulkan-drivers libvulkan1 libx11-xcb1 libxcursor1 libxi6 libxkbcommon-x11-0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

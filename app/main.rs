@@ -3,12 +3,10 @@
 //! One binary: headless commands (`detect`, `bench`) and, without a subcommand, the desktop
 //! window. Errors print as one line on stderr with a non-zero exit code.
 
-mod cli;
-mod weights;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use spotter::cli;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();

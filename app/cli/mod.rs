@@ -12,10 +12,26 @@ use clap::{Parser, Subcommand};
 use spotter_detector::{DetectorOptions, DeviceChoice, LetterboxMode, NmsOptions, Precision};
 
 #[derive(Debug, Parser)]
-#[command(name = "spotter", version, about = "Real-time video analytics with GELAN / YOLOv9 detectors")]
+#[command(
+    name = "spotter",
+    version,
+    about = "Real-time video analytics with GELAN / YOLOv9 detectors",
+    long_about = "Real-time video analytics with GELAN / YOLOv9 detectors.\n\nWithout a command, opens the \
+                  window on SOURCE (default: the bundled demo clip).",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// What to open in the window: a video file, an image, a folder, a URL, `camera:N`.
+    source: Option<String>,
+    /// Model to start with: a variant name (gelan-s, gelan-c, ...) or a checkpoint file. Repeat
+    /// (up to 4) to start in compare mode.
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Show the per-layer latency chart at start.
+    #[arg(long)]
+    layers: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +82,7 @@ impl ModelArgs {
 }
 
 /// The model used when none is named: gelan-c on a GPU, gelan-s on the CPU.
-fn default_model(device: &str) -> &'static str {
+pub fn default_model(device: &str) -> &'static str {
     let gpu = device.starts_with("cuda")
         || device == "metal"
         || (device == "auto" && (candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available()));
@@ -106,9 +122,17 @@ pub fn run(args: Args) -> Result<()> {
         Some(Command::Cameras) => list_cameras(),
         Some(Command::Weights(a)) => weights::run(a),
         None => {
-            use clap::CommandFactory;
-            Args::command().print_help()?;
-            Ok(())
+            if args.models.len() > spotter_pipeline::runner::MAX_MODELS {
+                anyhow::bail!("compare at most {} models", spotter_pipeline::runner::MAX_MODELS);
+            }
+            crate::gui::run(crate::gui::StartOptions {
+                source: args.source,
+                model: args.models.first().cloned(),
+                compare_with: args.models.iter().skip(1).cloned().collect(),
+                layers: args.layers,
+                start_paused: false,
+                weights_dirs: None,
+            })
         }
     }
 }

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select};
+use spotter_detector::model::LayerTiming;
 use spotter_detector::{Detection, Detections, Detector, NmsOptions};
 
 use crate::annotate::{Annotation, Annotator};
@@ -27,6 +28,14 @@ pub trait FrameDetector: Send {
     fn class_name(&self, class_id: usize) -> String;
     fn set_nms(&mut self, nms: &NmsOptions);
     fn set_imgsz(&mut self, imgsz: u32);
+    /// Turns per-layer timing of the following frames on or off (models that cannot profile ignore it).
+    fn set_profiling(&mut self, on: bool) {
+        let _ = on;
+    }
+    /// The per-layer times of the last frame while profiling was on.
+    fn profile(&self) -> Option<Vec<LayerTiming>> {
+        None
+    }
 }
 
 impl FrameDetector for Detector {
@@ -44,6 +53,13 @@ impl FrameDetector for Detector {
     }
     fn set_imgsz(&mut self, imgsz: u32) {
         self.options.imgsz = imgsz;
+    }
+    fn set_profiling(&mut self, on: bool) {
+        Detector::set_profiling(self, on);
+    }
+    fn profile(&self) -> Option<Vec<LayerTiming>> {
+        let p = self.last_profile();
+        (!p.is_empty()).then(|| p.to_vec())
     }
 }
 
@@ -81,6 +97,8 @@ pub struct PipelineConfig {
     pub max_frames: Option<u64>,
     /// Play files at their own pace (GUI playback) instead of as fast as possible.
     pub realtime: bool,
+    /// Start again from the beginning at the end (seekable sources).
+    pub looping: bool,
     pub start_paused: bool,
     /// Burn boxes into the frames sent with events too (the GUI draws its own overlay).
     pub annotate_events: bool,
@@ -95,6 +113,7 @@ impl PipelineConfig {
             output: OutputConfig::default(),
             max_frames: None,
             realtime: false,
+            looping: false,
             start_paused: false,
             annotate_events: false,
         }
@@ -106,10 +125,14 @@ impl PipelineConfig {
 pub enum Command {
     Pause,
     Resume,
+    /// While paused: show the next frame and stay paused.
+    Step,
     /// Seek to a time in seconds (seekable sources).
     Seek(f64),
     /// Playback speed factor for realtime playback.
     Speed(f64),
+    /// Loop seekable sources (start again at the end).
+    Loop(bool),
     Nms(NmsOptions),
     ImageSize(u32),
     /// Replace the model in a slot (0 = the main one). Frames keep flowing on the old model
@@ -120,6 +143,8 @@ pub enum Command {
     },
     /// Run these models side by side (1 to 4).
     Compare(Vec<String>),
+    /// Time every layer of the main model (slot 0) on each frame: [`ModelResult::profile`].
+    Profile(bool),
     Stop,
 }
 
@@ -132,6 +157,8 @@ pub struct ModelResult {
     pub preprocess_ms: f64,
     pub inference_ms: f64,
     pub postprocess_ms: f64,
+    /// Per-layer times of this frame, while profiling is on (main model only).
+    pub profile: Option<Vec<LayerTiming>>,
 }
 
 /// Everything known about one processed frame.
@@ -171,6 +198,8 @@ pub enum Event {
 enum DecoderCommand {
     Pause,
     Resume,
+    Step,
+    Loop(bool),
     Seek(f64),
     Speed(f64),
     Stop,
@@ -181,6 +210,7 @@ enum WorkerCommand {
     ImageSize(u32),
     Switch { slot: usize, model: String },
     Compare(Vec<String>),
+    Profile(bool),
 }
 
 /// A loaded model coming back from a loader thread.
@@ -263,6 +293,7 @@ impl Pipeline {
         let frames_rx_for_decoder = frames_rx.clone();
         let max_frames = config.max_frames;
         let realtime = config.realtime;
+        let looping = config.looping;
         let start_paused = config.start_paused;
         let requested_policy = config.policy;
         threads.push(spawn("spotter-decode", move || {
@@ -290,6 +321,7 @@ impl Pipeline {
                     policy,
                     max_frames,
                     realtime,
+                    looping,
                     paused: start_paused,
                 },
             );
@@ -320,6 +352,7 @@ impl Pipeline {
                 events: worker_events,
                 stats: worker_stats,
                 policy,
+                profiling: false,
             };
             if let Err(e) = w.run(frames_rx, worker_rx, results_tx) {
                 let msg = e.to_string();
@@ -406,6 +439,8 @@ impl Pipeline {
         let _delivered = match command {
             Command::Pause => to_decoder(DecoderCommand::Pause),
             Command::Resume => to_decoder(DecoderCommand::Resume),
+            Command::Step => to_decoder(DecoderCommand::Step),
+            Command::Loop(on) => to_decoder(DecoderCommand::Loop(on)),
             Command::Seek(s) => to_decoder(DecoderCommand::Seek(s)),
             Command::Speed(s) => to_decoder(DecoderCommand::Speed(s)),
             Command::Stop => to_decoder(DecoderCommand::Stop),
@@ -413,6 +448,7 @@ impl Pipeline {
             Command::ImageSize(s) => to_worker(WorkerCommand::ImageSize(s)),
             Command::SwitchModel { slot, model } => to_worker(WorkerCommand::Switch { slot, model }),
             Command::Compare(models) => to_worker(WorkerCommand::Compare(models)),
+            Command::Profile(on) => to_worker(WorkerCommand::Profile(on)),
         };
     }
 
@@ -452,6 +488,7 @@ struct DecodeCtx {
     policy: Policy,
     max_frames: Option<u64>,
     realtime: bool,
+    looping: bool,
     paused: bool,
 }
 
@@ -479,6 +516,12 @@ fn decode_loop(source: &mut dyn FrameSource, mut ctx: DecodeCtx) {
                 clock = None;
                 continue;
             }
+            // Decode one frame (paused or not) and go on as before.
+            Some(DecoderCommand::Step) => clock = None,
+            Some(DecoderCommand::Loop(on)) => {
+                ctx.looping = on;
+                continue;
+            }
             Some(DecoderCommand::Seek(secs)) => {
                 if let Err(e) = source.seek(secs) {
                     tracing::warn!("{e}");
@@ -494,6 +537,14 @@ fn decode_loop(source: &mut dyn FrameSource, mut ctx: DecodeCtx) {
         }
         let frame = match source.next_frame() {
             Ok(Some(f)) => f,
+            Ok(None) if ctx.looping && sent > 0 && source.info().seekable => {
+                if let Err(e) = source.seek(0.0) {
+                    tracing::warn!("cannot loop: {e}");
+                    break;
+                }
+                clock = None;
+                continue;
+            }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!("source: {e}");
@@ -558,6 +609,8 @@ struct Worker {
     events: Sender<Event>,
     stats: Arc<Mutex<PipelineStats>>,
     policy: Policy,
+    /// Whether the main model times its layers.
+    profiling: bool,
 }
 
 impl Worker {
@@ -613,8 +666,9 @@ impl Worker {
 
     fn process(&mut self, frame: Arc<Frame>) -> Result<FrameResult> {
         let mut out = Vec::with_capacity(self.detectors.len());
-        for d in &mut self.detectors {
+        for (slot, d) in self.detectors.iter_mut().enumerate() {
             let r = d.detect(&frame.image)?;
+            let profile = if slot == 0 && self.profiling { d.profile() } else { None };
             let labels = r.detections.iter().map(|x| d.class_name(x.class_id)).collect();
             out.push(ModelResult {
                 model: d.name(),
@@ -623,6 +677,7 @@ impl Worker {
                 preprocess_ms: r.times.preprocess_ms,
                 inference_ms: r.times.inference_ms,
                 postprocess_ms: r.times.postprocess_ms,
+                profile,
             });
         }
         let latency_ms = frame.decoded_at.elapsed().as_secs_f64() * 1e3;
@@ -653,6 +708,12 @@ impl Worker {
             WorkerCommand::Nms(n) => self.detectors.iter_mut().for_each(|d| d.set_nms(&n)),
             WorkerCommand::ImageSize(s) => self.detectors.iter_mut().for_each(|d| d.set_imgsz(s)),
             WorkerCommand::Switch { slot, model } => self.load(slot, model),
+            WorkerCommand::Profile(on) => {
+                self.profiling = on;
+                if let Some(d) = self.detectors.first_mut() {
+                    d.set_profiling(on);
+                }
+            }
             WorkerCommand::Compare(models) => {
                 if models.is_empty() || models.len() > MAX_MODELS {
                     let _ = self.events.try_send(Event::Warning(format!("compare takes 1 to {MAX_MODELS} models")));
@@ -692,7 +753,10 @@ impl Worker {
             return; // superseded by a newer request
         }
         match loaded.result {
-            Ok(d) => {
+            Ok(mut d) => {
+                if loaded.slot == 0 && self.profiling {
+                    d.set_profiling(true);
+                }
                 if loaded.slot < self.detectors.len() {
                     self.detectors[loaded.slot] = d;
                 } else {

@@ -333,6 +333,58 @@ fn a_cancelled_export_still_leaves_a_playable_file() {
         if let Ok(Event::Progress { frames_done, total, .. }) = p.events().recv_timeout(Duration::from_millis(100)) {
             assert_eq!(total, Some(100));
             if frames_done >= 10 {
+
+#[test]
+fn profiling_times_every_layer_of_the_main_model_only() {
+    let plain: spotter_pipeline::ModelLoader = std::sync::Arc::new(|name: &str| {
+        let d = spotter_detector::Detector::from_path(&tiny(name), options()).map_err(Error::from)?;
+        Ok(Box::new(d) as Box<dyn spotter_pipeline::FrameDetector>)
+    });
+    let mut cfg = PipelineConfig::new(vec!["tiny-gelan-s".into(), "tiny-gelan-c".into()], plain);
+    cfg.policy = Some(Policy::Lossless);
+    cfg.max_frames = Some(12);
+    let p = Pipeline::start(SourceSpec::parse("synthetic:160x120@100/12").unwrap(), cfg).unwrap();
+    let (mut plain_frames, mut profiled) = (0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match p.events().recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Frame(f)) => {
+                assert!(f.results[1].profile.is_none(), "only the main model is profiled");
+                match &f.results[0].profile {
+                    Some(layers) => profiled.push(layers.clone()),
+                    None if profiled.is_empty() => plain_frames += 1,
+                    None => panic!("profiling stopped by itself"),
+                }
+                if f.frame.index == 2 {
+                    p.send(Command::Profile(true));
+                }
+            }
+            Ok(Event::Finished(_)) => break,
+            _ => {}
+        }
+    }
+    p.wait().unwrap();
+    assert!(plain_frames >= 3, "no profile before it is asked for");
+    let layers = profiled.last().expect("profiled frames");
+    assert!(layers.len() > 5, "{} layers", layers.len());
+    assert!(layers.windows(2).all(|w| w[0].index < w[1].index));
+    assert!(layers.iter().all(|l| l.ms >= 0.0 && l.ms.is_finite()));
+    assert!(layers.iter().any(|l| l.module == "Conv" && l.shape.len() == 4));
+}
+
+#[test]
+fn stepping_while_paused_shows_one_frame_at_a_time() {
+    let mut cfg = config(&["tiny-gelan-s"], 0);
+    cfg.start_paused = true;
+    cfg.realtime = true;
+    let p = Pipeline::start(SourceSpec::File(repo().join("assets/demo.mp4")), cfg).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        p.send(Command::Step);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Event::Frame(f)) = p.events().recv_timeout(Duration::from_millis(100)) {
+                seen.push(f.frame.index);
                 break;
             }
         }
@@ -360,4 +412,37 @@ fn pause_resume_and_seek() {
     assert_eq!(s.frames_out, 25, "from 3.0 s to the end of a 4 s clip at 25 fps");
     let first = &read_jsonl(json.path())[0];
     assert!((first.pts - 3.0).abs() < 1e-6 && first.frame == 75, "{first:?}");
+
+#[test]
+    // Nothing more arrives while paused.
+    std::thread::sleep(Duration::from_millis(300));
+    let more = p.events().try_iter().filter(|e| matches!(e, Event::Frame(_))).count();
+    p.send(Command::Stop);
+    p.wait().unwrap();
+    assert_eq!(seen, vec![0, 1, 2]);
+    assert_eq!(more, 0);
+}
+
+#[test]
+fn looping_starts_the_file_again_at_its_end() {
+    let mut cfg = config(&["tiny-gelan-s"], 0);
+    cfg.looping = true;
+    cfg.max_frames = Some(130);
+    cfg.policy = Some(Policy::Lossless);
+    let p = Pipeline::start(SourceSpec::File(repo().join("assets/demo.mp4")), cfg).unwrap();
+    let mut indices = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match p.events().recv_timeout(Duration::from_millis(200)) {
+            Ok(Event::Frame(f)) => indices.push(f.frame.index),
+            Ok(Event::Finished(_)) => break,
+            _ => {}
+        }
+    }
+    let s = p.wait().unwrap();
+    assert_eq!(s.frames_out, 130);
+    // Frame events may be skipped by a slow reader, never reordered: the second pass starts at 0.
+    let wrap = indices.windows(2).position(|w| w[1] < w[0]).expect("the file started again");
+    assert!(indices[wrap] >= 90, "wrapped at {}", indices[wrap]);
+    assert!(indices[wrap + 1] <= 5, "restarted at {}", indices[wrap + 1]);
 }

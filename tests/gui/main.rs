@@ -1,0 +1,20 @@
+//! The desktop window: egui_kittest drives the real app state (open, switch, compare,
+//! thresholds, export) and checks what is shown; a second test runs the real binary under Xvfb.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod kittest;
+mod window;
+
+use std::path::{Path, PathBuf};
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny(name: &str) -> PathBuf {
+    root().join("tests/fixtures/yolov9/tiny").join(format!("{name}.pt"))
+}
+
+pub fn demo() -> PathBuf {
+    root().join("assets/demo.mp4")
+}
