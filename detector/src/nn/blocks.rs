@@ -111,8 +111,8 @@ impl RepNBottleneck {
 
 impl Module for RepNBottleneck {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
-        if self.add { x + y } else { Ok(y) }
+        let h = self.cv1.forward(x)?;
+        if self.add { self.cv2.forward_add(&h, x) } else { self.cv2.forward(&h) }
     }
 }
 

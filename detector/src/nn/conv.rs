@@ -181,7 +181,7 @@ impl Module for ConvBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
         if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x)) {
-            let y = fast.forward(x)?;
+            let y = fast.forward(x, None)?;
             self.count_macs(&y);
             return Ok(y);
         }
@@ -196,6 +196,17 @@ impl Module for ConvBlock {
 }
 
 impl ConvBlock {
+    /// `forward(x) + residual`, the add fused into the convolution's last pass on the CPU.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x) && CpuConv::accepts(residual)) {
+            let _enter = self.span.enter();
+            let y = fast.forward(x, Some(residual))?;
+            self.count_macs(&y);
+            return Ok(y);
+        }
+        self.forward(x)? + residual
+    }
+
     fn count_macs(&self, y: &Tensor) {
         MACS.with(|m| {
             if let Some(total) = m.get() {

@@ -80,7 +80,9 @@ impl CpuConv {
         x.device().is_cpu() && x.dtype() == DType::F32
     }
 
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `act(conv(x) + bias)`, plus `residual` (same shape as the output) when given: the
+    /// shortcut of a bottleneck is added in the same pass as the activation.
+    pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let Geometry { c1, c2, g, k, .. } = self.geo;
         let (b, c, h, w) = x.dims4()?;
         if c != c1 {
@@ -100,9 +102,19 @@ impl CpuConv {
                 scratch.inplace_op2(&xi, &Im2Col(self.geo))?;
                 scratch.narrow(0, 0, len)?.reshape((g, c1 / g * k * k, ho * wo))?
             };
-            let y = self.matrix.matmul(&col)?;
-            y.inplace_op1(&BiasAct { bias: &self.bias, act: self.act })?;
-            images.push(y.reshape((1, c2, ho, wo))?);
+            let y = self.matrix.matmul(&col)?.reshape((1, c2, ho, wo))?;
+            let epilogue = BiasAct { bias: &self.bias, act: self.act };
+            match residual {
+                None => y.inplace_op1(&epilogue)?,
+                Some(r) => {
+                    let ri = if b == 1 { r.clone() } else { r.narrow(0, i, 1)? };
+                    if ri.dims() != y.dims() {
+                        candle_core::bail!("conv: residual of shape {:?} for an output of {:?}", ri.dims(), y.dims());
+                    }
+                    y.inplace_op2(&ri, &epilogue)?
+                }
+            }
+            images.push(y);
         }
         if b == 1 {
             images.pop().ok_or_else(|| candle_core::Error::Msg("empty batch".into()))
@@ -213,18 +225,14 @@ impl InplaceOp2 for Im2Col {
 }
 
 /// In place on a contiguous `[c2, N]` (or `[groups, c2 / groups, N]`) GEMM output:
-/// `y = act(y + bias[c])` per output channel `c`.
+/// `y = act(y + bias[c])` per output channel `c` (InplaceOp1), then `+ residual` (InplaceOp2).
 struct BiasAct<'a> {
     bias: &'a [f32],
     act: Option<Activation>,
 }
 
-impl InplaceOp1 for BiasAct<'_> {
-    fn name(&self) -> &'static str {
-        "spotter-bias-act"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+impl BiasAct<'_> {
+    fn run(&self, storage: &mut CpuStorage, layout: &Layout, residual: Option<&[f32]>) -> candle_core::Result<()> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("bias-act: expected f32, got {:?}", storage.dtype());
         };
@@ -233,15 +241,42 @@ impl InplaceOp1 for BiasAct<'_> {
         };
         let data = &mut data[start..end];
         let n = data.len() / self.bias.len().max(1);
-        if n * self.bias.len() != data.len() {
+        if n * self.bias.len() != data.len() || residual.is_some_and(|r| r.len() != data.len()) {
             candle_core::bail!("bias-act: {} values for {} channels", data.len(), self.bias.len());
         }
         let act = self.act;
         let arch = pulp::Arch::new();
-        data.par_chunks_mut(n)
-            .zip(self.bias.par_iter())
-            .for_each(|(row, &b)| arch.dispatch(RowBiasAct { row, b, act }));
+        let rows = data.par_chunks_mut(n).zip(self.bias.par_iter());
+        match residual {
+            None => rows.for_each(|(row, &b)| arch.dispatch(RowBiasAct { row, b, act, residual: None })),
+            Some(r) => rows
+                .zip(r.par_chunks(n))
+                .for_each(|((row, &b), r)| arch.dispatch(RowBiasAct { row, b, act, residual: Some(r) })),
+        }
         Ok(())
+    }
+}
+
+impl InplaceOp1 for BiasAct<'_> {
+    fn name(&self) -> &'static str {
+        "spotter-bias-act"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        self.run(storage, layout, None)
+    }
+}
+
+impl InplaceOp2 for BiasAct<'_> {
+    fn name(&self) -> &'static str {
+        "spotter-bias-act-add"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = l2.contiguous_offsets() else {
+            candle_core::bail!("bias-act: the residual must be contiguous");
+        };
+        self.run(s1, l1, Some(&f32_data(s2)?[start..end]))
     }
 }
 
@@ -251,6 +286,7 @@ struct RowBiasAct<'a> {
     row: &'a mut [f32],
     b: f32,
     act: Option<Activation>,
+    residual: Option<&'a [f32]>,
 }
 
 impl pulp::WithSimd for RowBiasAct<'_> {
@@ -258,7 +294,10 @@ impl pulp::WithSimd for RowBiasAct<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        bias_act(self.row, self.b, self.act)
+        bias_act(self.row, self.b, self.act);
+        if let Some(r) = self.residual {
+            self.row.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+        }
     }
 }
 
@@ -352,7 +391,7 @@ mod tests {
             let geo = Geometry { c1, c2, k, s, p, d: 1, g };
             for act in [Some(Activation::Silu), None, Some(Activation::LeakyRelu(0.1))] {
                 let conv = CpuConv::new(&wt, &b, geo, act).unwrap();
-                let ours = conv.forward(&x).unwrap();
+                let ours = conv.forward(&x, None).unwrap();
                 let want =
                     x.conv2d(&wt, p, s, 1, g).unwrap().broadcast_add(&b.reshape((1, c2, 1, 1)).unwrap()).unwrap();
                 let want = match act {
@@ -367,6 +406,21 @@ mod tests {
         }
     }
 
+    /// The bottleneck shortcut added in the epilogue.
+    #[test]
+    fn adds_the_residual() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 8, 6, 7), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.3, (8, 8, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 8, &dev).unwrap();
+        let geo = Geometry { c1: 8, c2: 8, k: 3, s: 1, p: 1, d: 1, g: 1 };
+        let conv = CpuConv::new(&wt, &b, geo, Some(Activation::Silu)).unwrap();
+        let ours = conv.forward(&x, Some(&x)).unwrap();
+        let want = (conv.forward(&x, None).unwrap() + &x).unwrap();
+        let diff = (ours - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
     /// A channel slice of a tensor (what `chunk` gives the ELAN branches) is read in place.
     #[test]
     fn reads_channel_slices() {
@@ -377,7 +431,7 @@ mod tests {
             let wt = Tensor::randn(0f32, 0.3, (4, 8, k, k), &dev).unwrap();
             let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
             let geo = Geometry { c1: 8, c2: 4, k, s: 1, p: k / 2, d: 1, g: 1 };
-            let ours = CpuConv::new(&wt, &b, geo, None).unwrap().forward(&part).unwrap();
+            let ours = CpuConv::new(&wt, &b, geo, None).unwrap().forward(&part, None).unwrap();
             let want = part.contiguous().unwrap().conv2d(&wt, k / 2, 1, 1, 1).unwrap();
             let diff = (ours - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
