@@ -322,19 +322,6 @@ fn a_stream_that_stays_down_ends_with_a_clear_error() {
 }
 
 #[test]
-fn a_cancelled_export_still_leaves_a_playable_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("cancelled.mp4");
-    let mut cfg = config(&["tiny-gelan-s"], 20);
-    cfg.output.video = Some(out.clone());
-    let p = Pipeline::start(SourceSpec::File(repo().join("assets/demo.mp4")), cfg).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(Event::Progress { frames_done, total, .. }) = p.events().recv_timeout(Duration::from_millis(100)) {
-            assert_eq!(total, Some(100));
-            if frames_done >= 10 {
-
-#[test]
 fn profiling_times_every_layer_of_the_main_model_only() {
     let plain: spotter_pipeline::ModelLoader = std::sync::Arc::new(|name: &str| {
         let d = spotter_detector::Detector::from_path(&tiny(name), options()).map_err(Error::from)?;
@@ -389,31 +376,6 @@ fn stepping_while_paused_shows_one_frame_at_a_time() {
             }
         }
     }
-    p.send(Command::Stop);
-    let s = p.wait().unwrap();
-    assert!(s.frames_out >= 10 && s.frames_out < 100, "stopped after {} frames", s.frames_out);
-    let pts = video_pts(&out);
-    assert_eq!(pts.len() as u64, s.frames_out, "every processed frame is in the file");
-}
-
-#[test]
-fn pause_resume_and_seek() {
-    let json = tempfile::NamedTempFile::new().unwrap();
-    let mut cfg = config(&["tiny-gelan-s"], 0);
-    cfg.start_paused = true;
-    cfg.output.jsonl = Some(json.path().to_path_buf());
-    let p = Pipeline::start(SourceSpec::File(repo().join("assets/demo.mp4")), cfg).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(p.stats().frames_in, 0, "nothing decoded while paused");
-    // Seeking while paused shows the frame at the new position; then play on to the end.
-    p.send(Command::Seek(3.0));
-    p.send(Command::Resume);
-    let s = p.wait().unwrap();
-    assert_eq!(s.frames_out, 25, "from 3.0 s to the end of a 4 s clip at 25 fps");
-    let first = &read_jsonl(json.path())[0];
-    assert!((first.pts - 3.0).abs() < 1e-6 && first.frame == 75, "{first:?}");
-
-#[test]
     // Nothing more arrives while paused.
     std::thread::sleep(Duration::from_millis(300));
     let more = p.events().try_iter().filter(|e| matches!(e, Event::Frame(_))).count();
@@ -445,4 +407,58 @@ fn looping_starts_the_file_again_at_its_end() {
     let wrap = indices.windows(2).position(|w| w[1] < w[0]).expect("the file started again");
     assert!(indices[wrap] >= 90, "wrapped at {}", indices[wrap]);
     assert!(indices[wrap + 1] <= 5, "restarted at {}", indices[wrap + 1]);
+}
+
+#[test]
+fn a_cancelled_export_still_leaves_a_playable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cancelled.mp4");
+    let mut cfg = config(&["tiny-gelan-s"], 20);
+    cfg.output.video = Some(out.clone());
+    let p = Pipeline::start(SourceSpec::File(repo().join("assets/demo.mp4")), cfg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Event::Progress { frames_done, total, .. }) = p.events().recv_timeout(Duration::from_millis(100)) {
+            assert_eq!(total, Some(100));
+            if frames_done >= 10 {
+                break;
+            }
+        }
+    }
+    p.send(Command::Stop);
+    let s = p.wait().unwrap();
+    assert!(s.frames_out >= 10 && s.frames_out < 100, "stopped after {} frames", s.frames_out);
+    let pts = video_pts(&out);
+    assert_eq!(pts.len() as u64, s.frames_out, "every processed frame is in the file");
+}
+
+#[test]
+fn pause_resume_and_seek() {
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let mut cfg = config(&["tiny-gelan-s"], 0);
+    cfg.start_paused = true;
+    cfg.output.jsonl = Some(json.path().to_path_buf());
+    let p = Pipeline::start(SourceSpec::File(repo().join("assets/demo.mp4")), cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.stats().frames_in, 0, "nothing decoded while paused");
+    // Seeking while paused shows the frame at the new position; then play on to the end.
+    p.send(Command::Seek(3.0));
+    p.send(Command::Resume);
+    let s = p.wait().unwrap();
+    assert_eq!(s.frames_out, 25, "from 3.0 s to the end of a 4 s clip at 25 fps");
+    let first = &read_jsonl(json.path())[0];
+    assert!((first.pts - 3.0).abs() < 1e-6 && first.frame == 75, "{first:?}");
+}
+
+#[test]
+fn seeking_between_keyframes_lands_on_the_requested_frame() {
+    // The demo clip has a keyframe every second; 2.5 s lies between two.
+    let mut source = VideoSource::open(repo().join("assets/demo.mp4").to_str().unwrap(), &OpenOptions::file()).unwrap();
+    assert!(source.info().seekable);
+    source.seek(2.5).unwrap();
+    let f = source.next_frame().unwrap().unwrap();
+    assert!((f.pts_secs - 2.48).abs() < 1e-6, "pts {}", f.pts_secs);
+    assert_eq!(f.index, 62);
+    let g = source.next_frame().unwrap().unwrap();
+    assert_eq!(g.index, 63);
 }

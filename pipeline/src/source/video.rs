@@ -51,6 +51,8 @@ pub struct VideoSource {
     rgb: ff::frame::Video,
     eof_sent: bool,
     next_index: u64,
+    /// After a seek: frames before this time (decoded from the previous keyframe) are skipped.
+    seek_target: Option<f64>,
     info: SourceInfo,
     stats: SourceStats,
 }
@@ -125,6 +127,7 @@ impl VideoSource {
             rgb: ff::frame::Video::empty(),
             eof_sent: false,
             next_index: 0,
+            seek_target: None,
             info,
             stats: SourceStats::default(),
         })
@@ -175,7 +178,21 @@ impl VideoSource {
         let started = Instant::now();
         loop {
             match self.decoder.receive_frame(&mut self.decoded) {
-                Ok(()) => return self.convert(started).map(Some),
+                Ok(()) => {
+                    if let Some(target) = self.seek_target {
+                        let half_frame = self.info.fps.map_or(0.0, |f| 0.5 / f);
+                        let ts = self.decoded.timestamp().or(self.decoded.pts());
+                        let pts = ts.map(|t| t as f64 * self.time_base - self.start_secs);
+                        if pts.is_some_and(|p| p < target - half_frame) {
+                            continue; // before the seek target: decoded only to reach it
+                        }
+                        self.seek_target = None;
+                        if let (Some(p), Some(f)) = (pts, self.info.fps) {
+                            self.next_index = (p * f).round() as u64;
+                        }
+                    }
+                    return self.convert(started).map(Some);
+                }
                 Err(ff::Error::Eof) => return Ok(None),
                 Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
                 Err(e) => {
@@ -233,6 +250,9 @@ impl FrameSource for VideoSource {
             .map_err(|e| Error::Decode(format!("{}: seek failed: {e}", self.info.name)))?;
         self.decoder.flush();
         self.eof_sent = false;
+        // Decoding restarts at the keyframe before `secs`; frames up to `secs` are skipped so
+        // the next frame is the one at the requested time, with its own index.
+        self.seek_target = Some(secs.max(0.0));
         if let Some(fps) = self.info.fps {
             self.next_index = (secs.max(0.0) * fps).round() as u64;
         }
