@@ -14,7 +14,7 @@ APT_PACKAGES := build-essential pkg-config clang libclang-dev curl ca-certificat
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps lint build release bench
+.PHONY: run test deps lint build release bench bench-ort
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -41,3 +41,8 @@ test: deps lint
 
 bench: deps
 	$(CARGO) run --release -- bench $(ARGS)
+
+# Spotter vs ONNX Runtime on the CPU, side by side (needs `pip install onnxruntime onnx numpy`);
+# e.g. make bench-ort ARGS="--models gelan-s,gelan-c --sizes 640,320"
+bench-ort: release
+	python3 scripts/bench-vs-onnxruntime.py $(ARGS)

@@ -108,6 +108,7 @@ impl CpuConv {
                 None => y.inplace_op1(&epilogue)?,
                 Some(r) => {
                     let ri = if b == 1 { r.clone() } else { r.narrow(0, i, 1)? };
+                    let ri = if ri.is_contiguous() { ri } else { ri.contiguous()? };
                     if ri.dims() != y.dims() {
                         candle_core::bail!("conv: residual of shape {:?} for an output of {:?}", ri.dims(), y.dims());
                     }
