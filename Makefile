@@ -8,7 +8,7 @@ APT_PACKAGES := build-essential pkg-config curl ca-certificates libturbojpeg0-de
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps lint build release bench
+.PHONY: run test deps lint build release bench cuda cudnn device-pack
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -35,3 +35,17 @@ test: deps lint
 
 bench: deps
 	$(CARGO) run --release -- bench $(ARGS)
+
+# CUDA build (no GPU or CUDA toolkit needed here: scripts/cuda-toolchain.sh installs a pinned
+# CUDA 13.0 toolchain from PyPI wheels when nvcc is missing). Output: target/cuda/dist/.
+cuda:
+	scripts/build-cuda.sh
+
+# The same with conv2d through cuDNN.
+cudnn:
+	scripts/build-cuda.sh --cudnn
+
+# Gzipped binaries + the GPU run script in DEST (default .device/), to carry to a GPU machine.
+DEST ?= .device
+device-pack:
+	scripts/pack-device.sh $(DEST)
