@@ -14,7 +14,7 @@ APT_PACKAGES := build-essential pkg-config clang libclang-dev curl ca-certificat
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps lint build release bench bench-ort
+.PHONY: run test deps lint build release bench bench-ort cuda cudnn device-pack
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -46,3 +46,17 @@ bench: deps
 # e.g. make bench-ort ARGS="--models gelan-s,gelan-c --sizes 640,320"
 bench-ort: release
 	python3 scripts/bench-vs-onnxruntime.py $(ARGS)
+
+# CUDA build (no GPU or CUDA toolkit needed here: scripts/cuda-toolchain.sh installs a pinned
+# CUDA 13.0 toolchain from PyPI wheels when nvcc is missing). Output: target/cuda/dist/.
+cuda:
+	scripts/build-cuda.sh
+
+# The same with conv2d through cuDNN.
+cudnn:
+	scripts/build-cuda.sh --cudnn
+
+# Gzipped binaries + the GPU run script in DEST (default .device/), to carry to a GPU machine.
+DEST ?= .device
+device-pack:
+	scripts/pack-device.sh $(DEST)

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Frames of the clip to use with --pipeline.
     #[arg(long, default_value_t = 50)]
     frames: u64,
+    /// First measure an N x N x N matrix product in the models' precision on the device (the
+    /// reference for the "% of matmul" column: the fraction of it the models achieve).
+    #[arg(long, value_name = "N")]
+    matmul: Option<usize>,
 }
 
 #[derive(serde::Serialize)]
@@ -74,8 +78,23 @@ struct BenchResult {
     /// frames allocate nothing that grows.
     #[serde(skip_serializing_if = "Option::is_none")]
     rss_growth_mb: Option<f64>,
+    /// Model GFLOPs x batch / p50, and its fraction of the measured matrix product (`--matmul`).
+    achieved_gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matmul_fraction: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<LayerRow>>,
+}
+
+/// One matrix product measurement (`--matmul N`).
+#[derive(serde::Serialize)]
+struct MatmulResult {
+    matmul: usize,
+    device: String,
+    dtype: String,
+    runs: usize,
+    p50_ms: f64,
+    tflops: f64,
 }
 
 /// The value below which `q` of the sorted samples lie (nearest rank).
@@ -95,7 +114,39 @@ fn proc_status_mb(field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
+/// Times an n x n x n product of random matrices on the device the models run on, in their dtype.
+fn bench_matmul(n: usize, args: &BenchArgs) -> Result<MatmulResult> {
+    let options = args.model_args.options(NmsOptions::default(), LetterboxMode::Square)?;
+    let device = options.device.open()?;
+    let dtype = spotter_detector::detector::dtype_for(options.precision, &device)?;
+    // Random values (never zeros: they can run faster than real data).
+    let a = Tensor::randn(0f32, 1.0, (n, n), &device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &device)?.to_dtype(dtype)?;
+    for _ in 0..3 {
+        a.matmul(&b)?;
+    }
+    device.synchronize()?;
+    let runs = 10;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        a.matmul(&b)?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let p50_ms = percentile(&times, 0.5);
+    Ok(MatmulResult {
+        matmul: n,
+        device: spotter_detector::detector::device_name(&device),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        runs,
+        p50_ms,
+        tflops: 2.0 * (n as f64).powi(3) / (p50_ms / 1e3) / 1e12,
+    })
+}
+
+fn bench_one(name: &str, args: &BenchArgs, matmul_tflops: Option<f64>) -> Result<BenchResult> {
     let options = args.model_args.options(NmsOptions::default(), LetterboxMode::Square)?;
     let imgsz = options.imgsz as usize;
     let mut det = if args.random_weights {
@@ -106,7 +157,10 @@ fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
     // Speed does not depend on the pixel values; a fixed pattern keeps runs comparable.
     let n = args.batch * 3 * imgsz * imgsz;
     let pattern: Vec<f32> = (0..n).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
-    let input = Tensor::from_vec(pattern, (args.batch, 3, imgsz, imgsz), &Device::Cpu)?;
+    // Uploaded and converted once: the passes time the network, not the host-to-device copy.
+    let input = Tensor::from_vec(pattern, (args.batch, 3, imgsz, imgsz), &Device::Cpu)?
+        .to_device(det.device())?
+        .to_dtype(det.dtype())?;
     for _ in 0..args.warmup {
         det.forward(&input)?;
     }
@@ -145,6 +199,9 @@ fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
     let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
     times.sort_by(f64::total_cmp);
     let info = det.info();
+    let p50_ms = percentile(&times, 0.5);
+    let gflops = info.gflops_640 * (imgsz as f64 / 640.0).powi(2);
+    let achieved_gflops = gflops * args.batch as f64 / (p50_ms / 1e3);
     Ok(BenchResult {
         model: info.variant.clone(),
         imgsz: imgsz as u32,
@@ -153,11 +210,13 @@ fn bench_one(name: &str, args: &BenchArgs) -> Result<BenchResult> {
         dtype: info.dtype.clone(),
         threads: candle_core::utils::get_num_threads(),
         runs: times.len(),
-        p50_ms: percentile(&times, 0.5),
+        p50_ms,
         p95_ms: percentile(&times, 0.95),
         mean_ms,
         params: info.params,
-        gflops: info.gflops_640 * (imgsz as f64 / 640.0).powi(2),
+        gflops,
+        achieved_gflops,
+        matmul_fraction: matmul_tflops.map(|t| achieved_gflops / (t * 1e3)),
         rss_mb: proc_status_mb("VmHWM"),
         rss_growth_mb,
         layers,
@@ -250,31 +309,61 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let matmul = args.matmul.map(|n| bench_matmul(n, &args)).transpose()?;
+    if let Some(m) = &matmul {
+        if args.json {
+            println!("{}", serde_json::to_string(m)?);
+        } else {
+            println!(
+                "matmul {n}x{n}x{n} {} on {}: p50 {:.3} ms = {:.1} TFLOP/s",
+                m.dtype,
+                m.device,
+                m.p50_ms,
+                m.tflops,
+                n = m.matmul
+            );
+        }
+    }
     if !args.json {
         println!(
-            "{:<20} {:>6} {:>5} {:>8} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}",
-            "model", "imgsz", "batch", "device", "p50 ms", "p95 ms", "GFLOP/s", "Mparams", "GFLOPs", "RSS MB"
+            "{:<20} {:>6} {:>5} {:>8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}",
+            "model",
+            "imgsz",
+            "batch",
+            "device",
+            "dtype",
+            "p50 ms",
+            "p95 ms",
+            "GFLOP/s",
+            "% matmul",
+            "Mparams",
+            "GFLOPs",
+            "RSS MB"
         );
     }
     for name in &models {
-        let r = bench_one(name, &args)?;
+        let r = bench_one(name, &args, matmul.as_ref().map(|m| m.tflops))?;
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
             continue;
         }
-        let throughput = r.gflops * r.batch as f64 / (r.p50_ms / 1e3);
+        let fraction = r.matmul_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into());
+        let precision = if r.p50_ms < 10.0 { 2 } else { 1 };
         println!(
-            "{:<20} {:>6} {:>5} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>7.2} {:>8.1} {:>7.0}",
+            "{:<20} {:>6} {:>5} {:>8} {:>5} {:>9.p$} {:>9.p$} {:>9.1} {:>9} {:>7.2} {:>8.1} {:>7.0}",
             r.model,
             r.imgsz,
             r.batch,
             r.device,
+            r.dtype,
             r.p50_ms,
             r.p95_ms,
-            throughput,
+            r.achieved_gflops,
+            fraction,
             r.params as f64 / 1e6,
             r.gflops,
-            r.rss_mb.unwrap_or(f64::NAN)
+            r.rss_mb.unwrap_or(f64::NAN),
+            p = precision
         );
         if let Some(layers) = &r.layers {
             let total: f64 = layers.iter().map(|l| l.ms).sum();

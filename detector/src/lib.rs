@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod classes;
 pub mod detector;
+pub mod device_preprocess;
 pub mod error;
 pub mod image_io;
 pub mod model;

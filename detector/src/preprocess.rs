@@ -163,7 +163,7 @@ impl Letterbox {
         3usize.saturating_mul(self.out_width as usize).saturating_mul(self.out_height as usize)
     }
 
-    fn check(&self, frame: &RgbFrame) -> Result<(), PreprocessError> {
+    pub(crate) fn check(&self, frame: &RgbFrame) -> Result<(), PreprocessError> {
         if frame.width != self.src_width || frame.height != self.src_height {
             return Err(PreprocessError::GeometryMismatch("source size differs from the frame size"));
         }
@@ -431,18 +431,19 @@ fn hresize_row(src_row: &[u8], tables: &ResizeTables, dst: &mut [i32]) {
 
 /// Coefficients of OpenCV's `INTER_LINEAR` for one `(src, dst)` size pair.
 #[derive(Debug)]
-struct ResizeTables {
-    key: (u32, u32, u32, u32),
+pub(crate) struct ResizeTables {
+    pub(crate) key: (u32, u32, u32, u32),
     /// Per output column: byte offsets of the two source pixels.
-    x_src: Vec<[usize; 2]>,
-    x_w: Vec<[i32; 2]>,
+    pub(crate) x_src: Vec<[usize; 2]>,
+    pub(crate) x_w: Vec<[i32; 2]>,
     /// Per output row: the two source rows (clamped into the image).
-    y_rows: Vec<[usize; 2]>,
-    y_w: Vec<[i32; 2]>,
+    pub(crate) y_rows: Vec<[usize; 2]>,
+    pub(crate) y_w: Vec<[i32; 2]>,
 }
 
 impl ResizeTables {
-    fn new(key: (u32, u32, u32, u32)) -> Self {
+    /// `key` is `(src_w, src_h, dst_w, dst_h)`.
+    pub(crate) fn new(key: (u32, u32, u32, u32)) -> Self {
         let (src_w, src_h, dst_w, dst_h) = key;
         let last_x = src_w as usize - 1;
         let (x_src, x_w) = axis_coefficients(src_w, dst_w)

@@ -23,7 +23,7 @@ fn make_divisible(x: usize, d: usize) -> usize {
 struct Branch {
     box_convs: Vec<[ConvBlock; 3]>,
     cls_convs: Vec<[ConvBlock; 3]>,
-    /// DFL projection weights (0..15 in official files), shape (16, 1).
+    /// DFL projection weights (0..15 in official files), shape (16, 1), f32 (decoding runs in f32).
     dfl: Tensor,
 }
 
@@ -53,7 +53,7 @@ impl Branch {
             ]);
         }
         let dfl = w.pp(dfl_name).pp("conv").get("weight", &[1, REG_MAX, 1, 1])?;
-        let dfl = dfl.reshape((REG_MAX, 1))?.to_device(&ctx.device)?.to_dtype(ctx.dtype)?;
+        let dfl = dfl.reshape((REG_MAX, 1))?.to_device(&ctx.device)?.to_dtype(DType::F32)?;
         Ok(Self { box_convs, cls_convs, dfl })
     }
 
@@ -195,7 +195,9 @@ impl Head {
             flat.push(map.reshape((b, no, h * w))?);
             raw.push(map);
         }
-        let all = Tensor::cat(&flat, 2)?;
+        // Decoding (DFL softmax, anchors, sigmoid) runs in f32 whatever the network's precision:
+        // box corners up to 640 px need more than f16's 11 and bf16's 8 bits of mantissa.
+        let all = Tensor::cat(&flat, 2)?.to_dtype(DType::F32)?;
         let n = all.dim(2)?;
         let boxes = all.narrow(1, 0, 4 * REG_MAX)?;
         let cls = all.narrow(1, 4 * REG_MAX, self.nc)?;
