@@ -1,6 +1,7 @@
 # Spotter: `make run` starts the application, `make test` runs the whole test suite.
 # Both install missing system packages first (Debian/Ubuntu, needs root or sudo).
 
+SHELL := /bin/bash
 CARGO ?= cargo
 ARGS ?=
 # Debian packages the build and the tests need: a C toolchain, libclang (bindgen for the FFmpeg
@@ -37,7 +38,10 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: deps lint
-	$(CARGO) test --workspace
+	@log=$$(mktemp); set -o pipefail; \
+	$(CARGO) test --workspace --no-fail-fast 2>&1 | tee $$log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' $$log; \
+	rm -f $$log; exit $$status
 
 bench: deps
 	$(CARGO) run --release -- bench $(ARGS)
