@@ -3,11 +3,15 @@
 use candle_core::{D, Module, Tensor};
 
 use super::conv::{ConvBlock, ConvShape, LoadCtx};
+use super::cpu_pool;
 use crate::error::Result;
 use crate::weights::Weights;
 
 /// Max pooling padded with -inf like PyTorch (padding never wins the max).
 pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> candle_core::Result<Tensor> {
+    if cpu_pool::accepts(x) {
+        return cpu_pool::max_pool(x, k, s, p);
+    }
     if p == 0 {
         return x.max_pool2d_with_stride(k, s);
     }
@@ -21,6 +25,9 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> candle_core::Result
 
 /// `avg_pool2d(x, 2, 1, 0)`: the smoothing step before AConv and ADown.
 fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
+    if cpu_pool::accepts(x) {
+        return cpu_pool::avg_pool_2x2_s1(x);
+    }
     x.avg_pool2d_with_stride(2, 1)
 }
 

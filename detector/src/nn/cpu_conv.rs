@@ -193,6 +193,7 @@ impl InplaceOp2 for Im2Col {
         let Some(col) = col.get_mut(..c1 * k * k * n) else {
             candle_core::bail!("im2col: buffer of {} for {} values", col.len(), c1 * k * k * n);
         };
+        let arch = pulp::Arch::new();
         col.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
             let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
             let plane = &data[base + ci * plane_stride..][..h * w];
@@ -215,13 +216,38 @@ impl InplaceOp2 for Im2Col {
                 if s == 1 {
                     out[lo..hi].copy_from_slice(&src[..hi - lo]);
                 } else {
-                    for (o, v) in out[lo..hi].iter_mut().zip(src.iter().step_by(s)) {
-                        *o = *v;
-                    }
+                    arch.dispatch(Gather { out: &mut out[lo..hi], src, s });
                 }
             }
         });
         Ok(())
+    }
+}
+
+/// `out[i] = src[i * s]` (strided convolutions' im2col), in whole `s`-element chunks so that
+/// it compiles to vector shuffles under `pulp`'s dispatch.
+struct Gather<'a> {
+    out: &'a mut [f32],
+    src: &'a [f32],
+    s: usize,
+}
+
+impl pulp::WithSimd for Gather<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let Gather { out, src, s } = self;
+        let whole = out.len().min(src.len() / s);
+        let (head, tail) = out.split_at_mut(whole);
+        if s == 2 {
+            head.iter_mut().zip(src.chunks_exact(2)).for_each(|(o, c)| *o = c[0]);
+        } else {
+            head.iter_mut().zip(src.chunks_exact(s)).for_each(|(o, c)| *o = c[0]);
+        }
+        for (j, o) in tail.iter_mut().enumerate() {
+            *o = src[(whole + j) * s];
+        }
     }
 }
 

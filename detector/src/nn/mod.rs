@@ -4,4 +4,5 @@
 pub mod blocks;
 pub mod conv;
 mod cpu_conv;
+mod cpu_pool;
 pub mod head;

@@ -1,0 +1,135 @@
+//! Pooling for f32 tensors on the CPU: AConv / ADown's 2x2 stride-1 average pool and the
+//! -inf-padded max pools of ADown and SPPELAN.
+//!
+//! Why: Candle's CPU pools run one thread through a generic index loop, and PyTorch-style
+//! padding (padding never wins the max) costs two concatenations per pool in Candle. Here each
+//! output plane is one parallel task over contiguous rows, padding is skipped instead of
+//! materialised. Results are identical to Candle's (same summation order, exact 1/4).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether `x` can take this path: f32 on the CPU.
+pub(crate) fn accepts(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// `avg_pool2d(x, 2, 1, 0)`.
+pub(crate) fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&Pool::Avg2)
+}
+
+/// `max_pool2d(x, k, s, p)` with PyTorch's -inf padding.
+pub(crate) fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&Pool::Max { k, s, p })
+}
+
+enum Pool {
+    Avg2,
+    Max { k: usize, s: usize, p: usize },
+}
+
+impl Pool {
+    fn out_size(&self, h: usize, w: usize) -> candle_core::Result<(usize, usize)> {
+        match *self {
+            Self::Avg2 if h >= 2 && w >= 2 => Ok((h - 1, w - 1)),
+            Self::Max { k, s, p } if s > 0 && 2 * p < k && h + 2 * p >= k && w + 2 * p >= k => {
+                Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
+            }
+            _ => candle_core::bail!("pool: input {h}x{w} too small or bad parameters"),
+        }
+    }
+
+    /// One output plane from one input plane (`h * w`, rows contiguous).
+    fn plane(&self, src: &[f32], h: usize, w: usize, out: &mut [f32], wo: usize) {
+        match *self {
+            Self::Avg2 => {
+                for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+                    let (r0, r1) = (&src[oy * w..][..w], &src[(oy + 1) * w..][..w]);
+                    for (ox, v) in o.iter_mut().enumerate() {
+                        *v = (r0[ox] + r0[ox + 1] + r1[ox] + r1[ox + 1]) * 0.25;
+                    }
+                }
+            }
+            Self::Max { k, s, p } => {
+                for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+                    o.fill(f32::NEG_INFINITY);
+                    for ky in 0..k {
+                        let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else { continue };
+                        let row = &src[iy * w..][..w];
+                        for kx in 0..k {
+                            // Valid output columns: 0 <= ox * s + kx - p < w.
+                            let lo = p.saturating_sub(kx).div_ceil(s).min(wo);
+                            let hi = (w + p).saturating_sub(kx).div_ceil(s).clamp(lo, wo);
+                            for (ox, v) in o.iter_mut().enumerate().take(hi).skip(lo) {
+                                *v = v.max(row[ox * s + kx - p]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        "spotter-pool"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("pool: expected f32");
+        };
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let stride = layout.stride();
+        if stride[2] != w || stride[3] != 1 {
+            candle_core::bail!("pool: rows of the input must be contiguous");
+        }
+        let (ho, wo) = self.out_size(h, w)?;
+        let mut out = vec![0f32; b * c * ho * wo];
+        out.par_chunks_mut(ho * wo).enumerate().for_each(|(i, o)| {
+            let start = layout.start_offset() + i / c * stride[0] + i % c * stride[1];
+            self.plane(&data[start..][..h * w], h, w, o, wo);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use candle_core::Device;
+
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn avg_pool_matches_candle() {
+        let x = Tensor::randn(0f32, 1., (2, 3, 9, 7), &Device::Cpu).unwrap();
+        let want = x.avg_pool2d_with_stride(2, 1).unwrap();
+        assert_eq!(max_diff(&avg_pool_2x2_s1(&x).unwrap(), &want), 0.0);
+        // A channel slice (ADown pools half of the channels).
+        let part = x.narrow(1, 1, 2).unwrap();
+        let want = part.contiguous().unwrap().avg_pool2d_with_stride(2, 1).unwrap();
+        assert_eq!(max_diff(&avg_pool_2x2_s1(&part).unwrap(), &want), 0.0);
+    }
+
+    #[test]
+    fn max_pool_matches_padded_candle() {
+        let x = Tensor::randn(0f32, 1., (2, 3, 10, 9), &Device::Cpu).unwrap();
+        for (k, s, p) in [(3, 2, 1), (5, 1, 2), (2, 2, 0), (3, 1, 1), (9, 1, 4)] {
+            let (b, c, h, w) = x.dims4().unwrap();
+            let rows = Tensor::full(f32::NEG_INFINITY, (b, c, p, w), &Device::Cpu).unwrap();
+            let padded = Tensor::cat(&[&rows, &x, &rows], 2).unwrap();
+            let cols = Tensor::full(f32::NEG_INFINITY, (b, c, h + 2 * p, p), &Device::Cpu).unwrap();
+            let padded = Tensor::cat(&[&cols, &padded, &cols], 3).unwrap();
+            let want = padded.max_pool2d_with_stride(k, s).unwrap();
+            assert_eq!(max_diff(&max_pool(&x, k, s, p).unwrap(), &want), 0.0, "k{k} s{s} p{p}");
+        }
+    }
+}
