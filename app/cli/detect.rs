@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use spotter_detector::image_io::read_image;
 use spotter_detector::{LetterboxMode, NmsOptions};
 use spotter_pipeline::SourceSpec;
+use spotter_pipeline::export::JsonDetection;
 
 use super::ModelArgs;
 
@@ -63,22 +64,14 @@ fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
 }
 
 #[derive(serde::Serialize)]
-struct JsonDetection<'a> {
-    bbox: [f32; 4],
-    score: f32,
-    class_id: usize,
-    label: &'a str,
-}
-
-#[derive(serde::Serialize)]
 struct JsonFrame<'a> {
     frame: usize,
     pts: f64,
     width: u32,
     height: u32,
     model: &'a str,
-    pub source: String,
-    detections: Vec<JsonDetection<'a>>,
+    source: String,
+    detections: Vec<JsonDetection>,
 }
 
 pub fn run(args: DetectArgs) -> Result<()> {
@@ -159,7 +152,12 @@ fn run_images(args: DetectArgs) -> Result<()> {
                     .detections
                     .iter()
                     .zip(&labels)
-                    .map(|(d, label)| JsonDetection { bbox: d.bbox, score: d.score, class_id: d.class_id, label })
+                    .map(|(d, label)| JsonDetection {
+                        bbox: d.bbox,
+                        score: d.score,
+                        class_id: d.class_id,
+                        label: label.clone(),
+                    })
                     .collect(),
             };
             serde_json::to_writer(&mut *out, &record)?;
