@@ -131,7 +131,7 @@ pub fn run(args: Args) -> Result<()> {
                 compare_with: args.models.iter().skip(1).cloned().collect(),
                 layers: args.layers,
                 start_paused: false,
-                weights_dirs: None,
+                ..Default::default()
             })
         }
     }

@@ -248,7 +248,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Starts recording to `path` (its folder is created); a folder or file that cannot be
+    /// written fails here, before any frame.
     pub fn start(path: PathBuf, fps: Option<f64>) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        std::fs::File::create(&path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
         let (tx, rx) = bounded::<Arc<FrameResult>>(8);
         let out = path.clone();
         let thread = std::thread::Builder::new().name("spotter-gui-record".into()).spawn(move || {
@@ -295,14 +301,23 @@ impl Recorder {
         }
     }
 
-    /// Stops and returns the number of frames written.
+    /// Whether the recorder stopped by itself (it could not write): [`Self::stop`] says why.
+    pub fn failed(&self) -> bool {
+        self.frames.is_some() && self.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+
+    /// Stops and returns the number of frames written (an empty recording leaves no file).
     pub fn stop(mut self) -> Result<u64, String> {
         self.frames = None;
-        match self.thread.take().map(|t| t.join()) {
+        let result = match self.thread.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err("the recorder thread panicked".into()),
             None => Ok(0),
+        };
+        if result == Ok(0) {
+            let _ = std::fs::remove_file(&self.path);
         }
+        result
     }
 }
 

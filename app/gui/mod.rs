@@ -4,6 +4,7 @@
 //! [`Player`], an export job, a recorder, a download). Panels draw and return [`Action`]s that
 //! are applied after drawing.
 
+mod cameras;
 mod compare;
 mod export;
 mod help;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use egui::{Color32, Key, KeyboardShortcut, Modifiers};
 use spotter_pipeline::{Command, ModelLoader};
 
+pub use cameras::{CameraEntry, CameraLister};
 pub use export::ExportRequest;
 pub use models::{NO_MODEL, missing_message};
 pub use player::{Player, SlotState};
@@ -82,12 +84,19 @@ pub struct StartOptions {
     pub layers: bool,
     /// Start paused on the first frame (tests).
     pub start_paused: bool,
-    /// Folders where model names are looked up (default: the usual weights folders).
+    /// Folders where model names are looked up (default: the usual weights folders); downloads
+    /// go to the first one (default: the usual download folder).
     pub weights_dirs: Option<Vec<PathBuf>>,
+    /// Base URL weights are downloaded from instead of the release (default: `$SPOTTER_WEIGHTS_MIRROR`).
+    pub weights_mirror: Option<String>,
+    /// Where recordings are written (default: the current folder).
+    pub recordings_dir: Option<PathBuf>,
+    /// How the Open ▸ Camera menu lists cameras (default: the cameras attached, through nokhwa).
+    pub cameras: CameraLister,
 }
 
-/// A download's bytes done, bytes in all, and outcome once finished.
-type DownloadProgress = (u64, Option<u64>, Option<Result<(), String>>);
+/// A download's bytes done, bytes in all, and outcome once finished (what is said when it worked).
+type DownloadProgress = (u64, Option<u64>, Option<Result<String, String>>);
 
 /// A weights download started from the window.
 struct Download {
@@ -104,6 +113,10 @@ pub struct SpotterApp {
     facts: FactsMap,
     loader: ModelLoader,
     weights_dirs: Vec<PathBuf>,
+    /// Where the window's downloads go (`None`: the usual download folder).
+    download_to: Option<PathBuf>,
+    weights_mirror: Option<String>,
+    recordings_dir: Option<PathBuf>,
     video: VideoView,
     sidebar: Sidebar,
     layers: LayerChart,
@@ -114,7 +127,9 @@ pub struct SpotterApp {
     download: Option<Download>,
     help: HelpOverlay,
     url: String,
-    cameras: Option<Vec<String>>,
+    camera_lister: CameraLister,
+    /// The cameras last listed (`None` until the Camera menu is first opened).
+    cameras: Option<Result<Vec<CameraEntry>, String>>,
     seek_drag: Option<f64>,
     /// Errors that belong to no source (a file that cannot be opened ...).
     pub errors: Vec<String>,
@@ -152,7 +167,10 @@ impl SpotterApp {
             loader,
             video: VideoView::default(),
             sidebar,
+            download_to: start.weights_dirs.as_ref().and_then(|d| d.first().cloned()),
             weights_dirs: dirs,
+            weights_mirror: start.weights_mirror.clone(),
+            recordings_dir: start.recordings_dir.clone(),
             layers: LayerChart,
             compare: CompareTable,
             export_dialog: ExportDialog::default(),
@@ -161,6 +179,7 @@ impl SpotterApp {
             download: None,
             help: HelpOverlay::default(),
             url: String::new(),
+            camera_lister: start.cameras.clone(),
             cameras: None,
             seek_drag: None,
             errors: Vec::new(),
@@ -203,6 +222,7 @@ impl SpotterApp {
     /// Draws the whole window, then applies what was asked.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
+        self.finish_download();
         if let Some(p) = self.player.as_mut() {
             // Seekable files loop inside the pipeline (Command::Loop); the end is shown as it is.
             let _ended = p.poll();
@@ -211,6 +231,9 @@ impl SpotterApp {
             {
                 r.push(f);
             }
+        }
+        if self.recorder.as_ref().is_some_and(Recorder::failed) {
+            self.stop_recording();
         }
         if let Some(j) = self.export.as_mut() {
             j.poll();
@@ -286,17 +309,21 @@ impl SpotterApp {
                 ui.menu_button("Camera", |ui| {
                     match &self.cameras {
                         None => {
-                            ui.label("(not listed yet)");
+                            ui.label("Looking for cameras…");
+                            self.actions.push(Action::RefreshCameras);
                         }
-                        Some(c) if c.is_empty() => {
+                        Some(Ok(list)) if list.is_empty() => {
                             ui.label("No camera found");
                         }
-                        Some(list) => {
-                            for (i, c) in list.iter().enumerate() {
-                                if ui.button(c).clicked() {
-                                    self.actions.push(Action::Open(format!("camera:{i}")));
+                        Some(Ok(list)) => {
+                            for c in list {
+                                if ui.button(c.label()).clicked() {
+                                    self.actions.push(Action::Open(c.source.clone()));
                                 }
                             }
+                        }
+                        Some(Err(e)) => {
+                            ui.label(e);
                         }
                     }
                     if ui.button("Look for cameras").clicked() {
@@ -611,7 +638,7 @@ impl SpotterApp {
                 }
             }
             Action::ToggleHelp => self.help.open = !self.help.open,
-            Action::RefreshCameras => self.cameras = Some(list_cameras()),
+            Action::RefreshCameras => self.cameras = Some(self.camera_lister.list()),
         }
     }
 
@@ -657,7 +684,10 @@ impl SpotterApp {
     fn start_recording(&mut self) {
         let Some(p) = &self.player else { return };
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let dir = match &self.recordings_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        };
         let path = dir.join(format!("spotter-recording-{stamp}.mp4"));
         match Recorder::start(path, p.info.as_ref().and_then(|i| i.fps)) {
             Ok(r) => self.recorder = Some(r),
@@ -670,12 +700,13 @@ impl SpotterApp {
             let path = r.path.clone();
             match r.stop() {
                 Ok(n) => {
+                    let text = if n == 0 {
+                        "nothing recorded: no frame arrived while recording".to_string()
+                    } else {
+                        format!("recorded {n} frames to {}", path.display())
+                    };
                     if let Some(p) = self.player.as_mut() {
-                        p.push_notice(player::Notice {
-                            text: format!("recorded {n} frames to {}", path.display()),
-                            error: false,
-                            missing_model: None,
-                        });
+                        p.push_notice(player::Notice { text, error: false, missing_model: None });
                     }
                 }
                 Err(e) => self.errors.push(format!("recording failed: {e}")),
@@ -691,11 +722,12 @@ impl SpotterApp {
         let Some(variant) = registry.get(model).cloned() else {
             return self.errors.push(format!("{model} is not an official variant; pick a checkpoint file"));
         };
-        let dir = match crate::weights::download_dir(None) {
+        let dir = match crate::weights::download_dir(self.download_to.as_deref()) {
             Ok(d) => d,
             Err(e) => return self.errors.push(e.to_string()),
         };
-        let request = crate::weights::request(&variant, &dir, crate::weights::mirror(None).as_deref());
+        let mirror = crate::weights::mirror(self.weights_mirror.as_deref());
+        let request = crate::weights::request(&variant, &dir, mirror.as_deref());
         let done = Arc::new(Mutex::new((0u64, variant.size, None)));
         let cancel = Arc::new(AtomicBool::new(false));
         let (d2, c2, ctx2, name) = (Arc::clone(&done), Arc::clone(&cancel), ctx.clone(), model.to_string());
@@ -710,13 +742,14 @@ impl SpotterApp {
                 ctx2.request_repaint();
             };
             let result = crate::weights::download::download(&request, &progress, &c2)
-                .map(|_| ())
+                .map(|f| {
+                    format!("downloaded {name} ({}) to {}", crate::weights::human_bytes(f.bytes), f.path.display())
+                })
                 .map_err(|e| crate::weights::with_hint(e, &variant, &dir).to_string());
             if let Ok(mut g) = d2.lock() {
                 g.2 = Some(result);
             }
             ctx2.request_repaint();
-            let _ = name;
         });
         if let Err(e) = spawned {
             return self.errors.push(format!("cannot start the download: {e}"));
@@ -730,11 +763,12 @@ impl SpotterApp {
             .download
             .as_ref()
             .and_then(|d| d.done.lock().ok().and_then(|g| g.2.clone()).map(|r| (d.model.clone(), r)));
-        if let Some((model, Ok(()))) = finished {
+        if let Some((model, Ok(text))) = finished {
             self.download = None;
             self.sidebar.refresh_presence(&self.weights_dirs);
             if let Some(p) = self.player.as_mut() {
                 p.notices.retain(|n| n.missing_model.as_deref() != Some(model.as_str()));
+                p.push_notice(player::Notice { text, error: false, missing_model: None });
                 p.reload_models();
             }
         }
@@ -748,7 +782,6 @@ impl SpotterApp {
 
 impl eframe::App for SpotterApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.finish_download();
         SpotterApp::ui(self, ui);
     }
 
@@ -776,23 +809,6 @@ fn short_source(name: &str) -> String {
 /// gelan-c on a GPU, gelan-s on the CPU.
 pub fn default_model(device: &str) -> &'static str {
     crate::cli::default_model(device)
-}
-
-/// The cameras present, as "name (description)".
-fn list_cameras() -> Vec<String> {
-    match spotter_pipeline::source::camera::list_cameras() {
-        Ok(list) => list
-            .into_iter()
-            .map(|c| {
-                let res = spotter_pipeline::source::camera::camera_formats(&c.index)
-                    .ok()
-                    .and_then(|f| f.into_iter().map(|(w, h, _, _)| (w, h)).max_by_key(|(w, h)| w * h))
-                    .map_or(String::new(), |(w, h)| format!(" {w}×{h}"));
-                format!("{}{res}", c.name)
-            })
-            .collect(),
-        Err(e) => vec![format!("cannot list cameras: {e}")],
-    }
 }
 
 /// The bundled demo clip: beside the executable's checkout, or under the current folder.

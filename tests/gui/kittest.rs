@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use egui::{Key, Modifiers, Pos2, Rect};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
-use spotter::gui::{Action, NO_MODEL, SlotState, SpotterApp, StartOptions, State, missing_message};
+use spotter::gui::{
+    Action, CameraEntry, CameraLister, NO_MODEL, SlotState, SpotterApp, StartOptions, State, missing_message,
+};
 
 use crate::{demo, tiny};
 
@@ -45,11 +47,12 @@ fn start(model: Option<String>, weights: &tempfile::TempDir) -> StartOptions {
         compare_with: Vec::new(),
         layers: false,
         weights_dirs: Some(vec![weights.path().to_path_buf()]),
+        ..StartOptions::default()
     }
 }
 
 /// Steps the UI until `cond` holds (panics with `what` after `secs`).
-fn wait_until(h: &mut Harness<'_, Host>, what: &str, secs: u64, cond: impl Fn(&mut Harness<'_, Host>) -> bool) {
+fn wait_until(h: &mut Harness<'_, Host>, what: &str, secs: u64, mut cond: impl FnMut(&mut Harness<'_, Host>) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         h.step();
@@ -286,4 +289,211 @@ fn snapshots_of_the_main_view_help_and_export() {
     mask_status(&mut h);
     results.add(h.try_snapshot_options("gui_export_finished", &snapshot_options()));
     results.into_result().unwrap();
+}
+
+/// The frame shown last (its index), if any.
+fn frame_index(h: &mut Harness<'_, Host>) -> Option<u64> {
+    h.state_mut().app().player.as_ref()?.latest.as_ref().map(|f| f.frame.index)
+}
+
+/// Steps until the video has moved `n` frames on from where it is now.
+fn wait_frames(h: &mut Harness<'_, Host>, what: &str, n: u64) {
+    wait_until(h, "a first frame", 30, |h| frame_index(h).is_some());
+    let from = frame_index(h).unwrap_or(0);
+    wait_until(h, what, 60, |h| frame_index(h).is_some_and(|i| i >= from + n));
+}
+
+/// The full text of the one label containing `text`.
+fn label_with(h: &Harness<'_, Host>, text: &str) -> String {
+    use egui_kittest::kittest::NodeT;
+    let node = h.get_by_label_contains(text);
+    // Plain labels carry their text as the node's value.
+    let n = node.accesskit_node();
+    n.value().or_else(|| n.label()).unwrap_or_default()
+}
+
+/// Width, height and decoded frame count of a video, read back with ffprobe.
+fn probe(path: &std::path::Path) -> (u32, u32, u64) {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=width,height,nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed (make deps)");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v: Vec<u64> = text.split(',').map(|x| x.parse().unwrap()).collect();
+    (v[0] as u32, v[1] as u32, v[2])
+}
+
+/// A live generated source (the camera stand-in) with the tiny model.
+fn live(weights: &tempfile::TempDir, recordings: std::path::PathBuf) -> StartOptions {
+    StartOptions {
+        source: Some("synthetic:320x240@25".into()),
+        recordings_dir: Some(recordings),
+        ..start(Some(tiny("tiny-gelan-s").display().to_string()), weights)
+    }
+}
+
+#[test]
+fn recording_a_live_source_writes_the_frames_shown_to_an_mp4() {
+    let weights = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("recordings");
+    let mut h = harness(live(&weights, dir.clone()), State::default());
+    wait_until(&mut h, "the model runs on the live source", 60, |h| {
+        model_name(h, 0).is_some_and(|m| m == "tiny-gelan-s")
+    });
+    assert!(h.state_mut().app().player.as_ref().unwrap().info.as_ref().unwrap().live);
+    h.get_by_label("Record").click();
+    wait_until(&mut h, "the REC indicator", 10, |h| shows(h, "REC ") && shows(h, "Stop recording"));
+    // Live policy: the source runs at 25 fps, the window shows what the model keeps up with.
+    let mut shown = std::collections::BTreeSet::new();
+    wait_until(&mut h, "frames shown while recording", 60, |h| {
+        shown.extend(frame_index(h));
+        shown.len() > 10
+    });
+    h.key_press_modifiers(Modifiers::COMMAND, Key::R);
+    wait_until(&mut h, "the recording's summary", 30, |h| shows(h, "recorded "));
+    assert!(shows(&h, "Record") && !shows(&h, "REC "), "recording stopped");
+
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mp4 = &files[0];
+    let name = mp4.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("spotter-recording-") && name.ends_with(".mp4"), "{name}");
+    let text = label_with(&h, "recorded ");
+    let n: u64 = text.strip_prefix("recorded ").unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(text, format!("recorded {n} frames to {}", mp4.display()));
+    assert!(n >= 5, "{n} frames recorded of {} shown", shown.len());
+    assert_eq!(probe(mp4), (320, 240, n), "the MP4 decodes to every frame recorded");
+}
+
+#[test]
+fn recording_into_an_unwritable_folder_is_one_error_line_and_the_video_plays_on() {
+    let weights = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // A folder inside a plain file cannot be created, not even by root.
+    let file = out.path().join("not-a-folder");
+    std::fs::write(&file, b"x").unwrap();
+    let mut h = harness(live(&weights, file.join("recordings")), State::default());
+    wait_frames(&mut h, "the live source plays", 3);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::R);
+    wait_until(&mut h, "the error", 10, |h| shows(h, "cannot record"));
+    let text = label_with(&h, "cannot record");
+    assert!(text.starts_with(&format!("cannot record: cannot create {}", file.join("recordings").display())), "{text}");
+    assert!(!text.contains('\n'), "one line: {text}");
+    assert!(h.state_mut().app().errors.len() == 1 && !shows(&h, "REC ") && shows(&h, "Record"));
+    wait_frames(&mut h, "the video plays on", 10);
+    assert!(h.state_mut().app().player.as_ref().unwrap().notices.iter().all(|n| !n.text.contains("recorded")));
+}
+
+/// A start on the demo clip whose missing gelan-s is downloaded from `server`.
+fn download_start(weights: &tempfile::TempDir, server: &crate::http_server::Server) -> StartOptions {
+    StartOptions { weights_mirror: Some(format!("{}/w", server.url())), ..start(Some("gelan-s".into()), weights) }
+}
+
+#[test]
+fn the_download_button_fetches_missing_weights_and_the_model_runs() {
+    use crate::http_server::{Reply, Server};
+    let data = std::fs::read(tiny("tiny-gelan-s")).unwrap();
+    // The tiny checkpoint under the official file name (it carries its own config).
+    let server = Server::start(vec![("/w/gelan-s.pt".into(), data.clone())], vec![Reply::Serve]);
+    let weights = tempfile::tempdir().unwrap();
+    let mut h = harness(download_start(&weights, &server), State::default());
+    wait_until(&mut h, "the banner", 30, |h| shows(h, &missing_message("gelan-s")));
+    h.get_by_label("Download gelan-s").click();
+    wait_until(&mut h, "progress or the end of the download", 30, |h| {
+        shows(h, "Cancel download") || shows(h, "downloaded gelan-s")
+    });
+    wait_until(&mut h, "the download ends", 60, |h| shows(h, "downloaded gelan-s"));
+    let dest = weights.path().join("gelan-s.pt");
+    assert_eq!(label_with(&h, "downloaded gelan-s"), format!("downloaded gelan-s (773.8 kB) to {}", dest.display()));
+    assert_eq!(std::fs::read(&dest).unwrap(), data, "the file is in the weights folder, byte for byte");
+    let requests = server.finish();
+    assert_eq!((requests.len(), requests[0].path.as_str(), requests[0].status), (1, "/w/gelan-s.pt", 200));
+    wait_until(&mut h, "the model runs and finds boxes", 90, |h| {
+        let app = h.state_mut().app();
+        let p = app.player.as_ref().unwrap();
+        matches!(&p.slots[0], SlotState::Ready(m) if m == "gelan-s")
+            && p.latest.as_ref().is_some_and(|f| f.results[0].model != NO_MODEL && !f.results[0].detections.is_empty())
+    });
+    assert!(!shows(&h, &missing_message("gelan-s")), "the banner is gone");
+    assert!(!shows(&h, "Download gelan-s"));
+}
+
+#[test]
+fn a_failed_download_is_one_error_line_and_the_video_plays_on() {
+    use crate::http_server::{Reply, Server};
+    let server = Server::start(Vec::new(), vec![Reply::NotFound]);
+    let weights = tempfile::tempdir().unwrap();
+    let mut h = harness(download_start(&weights, &server), State::default());
+    wait_until(&mut h, "the banner", 30, |h| shows(h, &missing_message("gelan-s")));
+    h.get_by_label("Download gelan-s").click();
+    wait_until(&mut h, "the error", 30, |h| shows(h, "download of gelan-s failed"));
+    let text = label_with(&h, "download of gelan-s failed");
+    let url = format!("{}/w/gelan-s.pt", server.url());
+    assert!(
+        text.starts_with(&format!(
+            "download of gelan-s failed: cannot download gelan-s.pt from {url}: the server answered HTTP 404"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "one line: {text}");
+    assert_eq!(server.finish()[0].status, 404);
+    assert!(shows(&h, "Download gelan-s"), "a retry is offered");
+    assert!(std::fs::read_dir(weights.path()).unwrap().next().is_none(), "nothing left in the weights folder");
+    wait_frames(&mut h, "the video plays on", 10);
+    assert_eq!(model_name(&mut h, 0).as_deref(), Some(NO_MODEL));
+}
+
+/// Opens Open ▸ Camera.
+fn open_camera_menu(h: &mut Harness<'_, Host>) {
+    h.get_by_label("Open").click();
+    h.run_steps(2);
+    h.get_by_label("Camera").click();
+    h.run_steps(3);
+}
+
+#[test]
+fn the_camera_menu_says_plainly_when_there_is_no_camera() {
+    let weights = tempfile::tempdir().unwrap();
+    let mut s = start(Some(NO_MODEL.into()), &weights);
+    let attached =
+        std::fs::read_dir("/dev").unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("video"));
+    if attached {
+        // This machine has a camera: list none, as nokhwa does where there is none.
+        s.cameras = CameraLister::new(|| Ok(Vec::new()));
+    }
+    let mut h = harness(s, State::default());
+    open_camera_menu(&mut h);
+    wait_until(&mut h, "the camera list", 10, |h| shows(h, "No camera found"));
+    assert!(shows(&h, "Look for cameras"));
+}
+
+#[test]
+fn listed_cameras_show_name_and_resolution_and_open_on_click() {
+    let weights = tempfile::tempdir().unwrap();
+    let s = StartOptions {
+        // A stand-in camera that opens as a generated live source.
+        cameras: CameraLister::new(|| {
+            Ok(vec![CameraEntry {
+                name: "Desk camera".into(),
+                resolution: Some((320, 240)),
+                source: "synthetic:320x240@10".into(),
+            }])
+        }),
+        ..start(Some(NO_MODEL.into()), &weights)
+    };
+    let mut h = harness(s, State::default());
+    open_camera_menu(&mut h);
+    wait_until(&mut h, "the camera list", 10, |h| shows(h, "Desk camera (320×240)"));
+    h.get_by_label("Desk camera (320×240)").click();
+    wait_until(&mut h, "the camera plays", 30, |h| {
+        let p = h.state_mut().app().player.as_ref().unwrap();
+        p.source == "synthetic:320x240@10"
+            && p.info.as_ref().is_some_and(|i| i.live)
+            && p.latest.as_ref().is_some_and(|f| f.frame.image.width == 320)
+    });
+    assert!(shows(&h, "320×240"), "the status bar names the live source");
 }

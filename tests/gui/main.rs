@@ -2,6 +2,9 @@
 //! thresholds, export) and checks what is shown; a second test runs the real binary under Xvfb.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+#[path = "../integration/http_server.rs"]
+#[allow(dead_code)] // the window's tests use a few of its replies
+mod http_server;
 mod kittest;
 mod window;
 
