@@ -255,7 +255,8 @@ impl SpotterApp {
         if self.state.show_sidebar {
             egui::Panel::right("controls").default_size(280.0).show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    self.sidebar.ui(ui, &mut self.state, self.player.as_ref(), &mut self.actions);
+                    let default_model = &self.default_model;
+                    self.sidebar.ui(ui, &mut self.state, default_model, self.player.as_ref(), &mut self.actions);
                 });
             });
         }

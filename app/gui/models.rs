@@ -94,7 +94,7 @@ pub fn resolve_local(name: &str, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
 
 /// The plain message for weights that are not on this machine.
 pub fn missing_message(name: &str) -> String {
-    format!("{name} weights not found: run `spotter weights fetch {name}` or pick a checkpoint file")
+    format!("{name} weights are not on this computer: download them or pick a checkpoint file")
 }
 
 /// Whether a registry variant's weights are on this machine.
@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn missing_weights_say_how_to_get_them() {
         let msg = missing_message("gelan-s");
-        assert_eq!(msg, "gelan-s weights not found: run `spotter weights fetch gelan-s` or pick a checkpoint file");
+        assert_eq!(msg, "gelan-s weights are not on this computer: download them or pick a checkpoint file");
         assert!(resolve_local("/no/such/model.pt", &[]).unwrap_err().to_string().contains("no such file"));
         let empty = tempfile::tempdir().unwrap();
         let dirs = [empty.path().to_path_buf()];

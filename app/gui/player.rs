@@ -12,7 +12,7 @@ use spotter_pipeline::{
     Command, Event, FrameResult, ModelLoader, Pipeline, PipelineConfig, Policy, SourceInfo, SourceSpec,
 };
 
-use super::models::{FactsMap, NO_MODEL};
+use super::models::{FactsMap, NO_MODEL, missing_message};
 
 /// A model slot's state as far as the window knows.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +210,7 @@ impl Player {
                     self.notices.retain(|n| n.missing_model.as_deref() != Some(model.as_str()));
                 }
                 Event::ModelLoadFailed { slot, model, error } => {
-                    let missing = error.contains("weights not found").then(|| model.clone());
+                    let missing = error.contains(&missing_message(&model)).then(|| model.clone());
                     if let Some(s) = self.slots.get_mut(slot) {
                         // The old model keeps running; for a first load that is the pass-through.
                         if matches!(s, SlotState::Loading(m) if *m == model) {

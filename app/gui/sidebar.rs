@@ -20,9 +20,17 @@ impl Sidebar {
         self.present = MODEL_CHOICES.iter().map(|m| (m.to_string(), is_present(m, dirs))).collect();
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, state: &mut State, player: Option<&Player>, actions: &mut Vec<Action>) {
+    /// `default_model` runs when none was chosen.
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        state: &mut State,
+        default_model: &str,
+        player: Option<&Player>,
+        actions: &mut Vec<Action>,
+    ) {
         ui.heading("Model");
-        let current = state.model.clone().unwrap_or_default();
+        let current = state.model.clone().unwrap_or_else(|| default_model.to_string());
         let status = match player.and_then(|p| p.slots.first()) {
             Some(SlotState::Ready(m)) => format!("running {}", short_name(m)),
             Some(SlotState::Loading(m)) => format!("loading {}…", short_name(m)),
@@ -205,6 +213,10 @@ pub fn transport_ui(
             ui.monospace(format!("{} / {}", clock(position), clock(duration)));
         } else {
             ui.monospace(clock(position));
+        }
+        // A live source runs in real time: nothing to loop or speed up.
+        if info.is_some_and(|i| i.live) {
+            return;
         }
         if ui.checkbox(&mut state.looping, "Loop").changed() {
             actions.push(Action::Loop(state.looping));

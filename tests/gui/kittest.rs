@@ -496,4 +496,5 @@ fn listed_cameras_show_name_and_resolution_and_open_on_click() {
             && p.latest.as_ref().is_some_and(|f| f.frame.image.width == 320)
     });
     assert!(shows(&h, "320×240"), "the status bar names the live source");
+    assert!(!shows(&h, "Loop") && !shows(&h, "Speed"), "nothing to loop or speed up on a camera");
 }
