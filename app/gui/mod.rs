@@ -197,7 +197,8 @@ impl SpotterApp {
 
     /// Opens a source (replacing the current one); an error is shown in the window.
     pub fn open(&mut self, ctx: &egui::Context, source: &str, start_paused: bool) {
-        self.stop_recording();
+        // What was recorded from the old source is said on the new one.
+        let recorded = self.finish_recording();
         self.player = None;
         let models = self.wanted_models();
         let (loader, facts) = (Arc::clone(&self.loader), Arc::clone(&self.facts));
@@ -216,6 +217,9 @@ impl SpotterApp {
                 self.errors.clear();
             }
             Err(e) => self.errors.push(format!("cannot open {source}: {e:#}")),
+        }
+        if let Some(n) = recorded {
+            self.show_notice(n);
         }
     }
 
@@ -697,21 +701,28 @@ impl SpotterApp {
     }
 
     fn stop_recording(&mut self) {
-        if let Some(r) = self.recorder.take() {
-            let path = r.path.clone();
-            match r.stop() {
-                Ok(n) => {
-                    let text = if n == 0 {
-                        "nothing recorded: no frame arrived while recording".to_string()
-                    } else {
-                        format!("recorded {n} frames to {}", path.display())
-                    };
-                    if let Some(p) = self.player.as_mut() {
-                        p.push_notice(player::Notice { text, error: false, missing_model: None });
-                    }
-                }
-                Err(e) => self.errors.push(format!("recording failed: {e}")),
-            }
+        if let Some(notice) = self.finish_recording() {
+            self.show_notice(notice);
+        }
+    }
+
+    /// Stops recording; returns what to tell the user.
+    fn finish_recording(&mut self) -> Option<player::Notice> {
+        let r = self.recorder.take()?;
+        let path = r.path.clone();
+        let (text, error) = match r.stop() {
+            Ok(0) => ("nothing recorded: no frame arrived while recording".to_string(), false),
+            Ok(n) => (format!("recorded {n} frames to {}", path.display()), false),
+            Err(e) => (format!("recording failed: {e}"), true),
+        };
+        Some(player::Notice { text, error, missing_model: None })
+    }
+
+    /// A notice on the current source (without one, among the window's errors).
+    fn show_notice(&mut self, notice: player::Notice) {
+        match self.player.as_mut() {
+            Some(p) => p.push_notice(notice),
+            None => self.errors.push(notice.text),
         }
     }
 

@@ -474,6 +474,7 @@ fn the_camera_menu_says_plainly_when_there_is_no_camera() {
 #[test]
 fn listed_cameras_show_name_and_resolution_and_open_on_click() {
     let weights = tempfile::tempdir().unwrap();
+    let rec = tempfile::tempdir().unwrap();
     let s = StartOptions {
         // A stand-in camera that opens as a generated live source.
         cameras: CameraLister::new(|| {
@@ -483,9 +484,14 @@ fn listed_cameras_show_name_and_resolution_and_open_on_click() {
                 source: "synthetic:320x240@10".into(),
             }])
         }),
+        recordings_dir: Some(rec.path().to_path_buf()),
         ..start(Some(NO_MODEL.into()), &weights)
     };
     let mut h = harness(s, State::default());
+    // Recording the demo clip when the camera is opened: the new source says what was recorded.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::R);
+    wait_until(&mut h, "recording", 10, |h| shows(h, "REC "));
+    wait_frames(&mut h, "frames are recorded", 5);
     open_camera_menu(&mut h);
     wait_until(&mut h, "the camera list", 10, |h| shows(h, "Desk camera (320×240)"));
     h.get_by_label("Desk camera (320×240)").click();
@@ -497,4 +503,8 @@ fn listed_cameras_show_name_and_resolution_and_open_on_click() {
     });
     assert!(shows(&h, "320×240"), "the status bar names the live source");
     assert!(!shows(&h, "Loop") && !shows(&h, "Speed"), "nothing to loop or speed up on a camera");
+    let text = label_with(&h, "recorded ");
+    let mp4 = std::fs::read_dir(rec.path()).unwrap().next().unwrap().unwrap().path();
+    assert!(text.starts_with("recorded ") && text.ends_with(&format!(" frames to {}", mp4.display())), "{text}");
+    assert!(!shows(&h, "REC "), "the recording stopped with the old source");
 }
