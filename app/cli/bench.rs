@@ -283,13 +283,13 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
         "stages": summary.stages,
     });
     if args.json {
-        println!("{row}");
+        outln!("{row}")?;
     } else {
-        println!(
+        outln!(
             "{name}: detector alone {alone_fps:.2} fps, whole pipeline {pipeline_fps:.2} fps on {} frames of {}: overhead {overhead_pct:+.1} %",
             frames.len(),
             clip.display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -312,20 +312,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let matmul = args.matmul.map(|n| bench_matmul(n, &args)).transpose()?;
     if let Some(m) = &matmul {
         if args.json {
-            println!("{}", serde_json::to_string(m)?);
+            outln!("{}", serde_json::to_string(m)?)?;
         } else {
-            println!(
+            outln!(
                 "matmul {n}x{n}x{n} {} on {}: p50 {:.3} ms = {:.1} TFLOP/s",
                 m.dtype,
                 m.device,
                 m.p50_ms,
                 m.tflops,
                 n = m.matmul
-            );
+            )?;
         }
     }
     if !args.json {
-        println!(
+        outln!(
             "{:<20} {:>6} {:>5} {:>8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>7}",
             "model",
             "imgsz",
@@ -339,17 +339,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "Mparams",
             "GFLOPs",
             "RSS MB"
-        );
+        )?;
     }
     for name in &models {
         let r = bench_one(name, &args, matmul.as_ref().map(|m| m.tflops))?;
         if args.json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?)?;
             continue;
         }
         let fraction = r.matmul_fraction.map(|f| format!("{:.1}%", 100.0 * f)).unwrap_or_else(|| "-".into());
         let precision = if r.p50_ms < 10.0 { 2 } else { 1 };
-        println!(
+        outln!(
             "{:<20} {:>6} {:>5} {:>8} {:>5} {:>9.p$} {:>9.p$} {:>9.1} {:>9} {:>7.2} {:>8.1} {:>7.0}",
             r.model,
             r.imgsz,
@@ -364,19 +364,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
             r.gflops,
             r.rss_mb.unwrap_or(f64::NAN),
             p = precision
-        );
+        )?;
         if let Some(layers) = &r.layers {
             let total: f64 = layers.iter().map(|l| l.ms).sum();
-            println!("  {:>5} {:<14} {:<22} {:>9} {:>6}", "layer", "module", "output", "ms", "%");
+            outln!("  {:>5} {:<14} {:<22} {:>9} {:>6}", "layer", "module", "output", "ms", "%")?;
             for l in layers {
-                println!(
+                outln!(
                     "  {:>5} {:<14} {:<22} {:>9.2} {:>5.1}%",
                     l.index,
                     l.module,
                     format!("{:?}", l.shape),
                     l.ms,
                     100.0 * l.ms / total.max(1e-9)
-                );
+                )?;
             }
         }
     }

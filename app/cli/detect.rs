@@ -163,10 +163,10 @@ fn run_images(args: DetectArgs) -> Result<()> {
             serde_json::to_writer(&mut *out, &record)?;
             writeln!(out).context("cannot write detections")?;
         } else {
-            println!("{} ({}x{}): {} detections", path.display(), result.width, result.height, result.detections.len());
+            outln!("{} ({}x{}): {} detections", path.display(), result.width, result.height, result.detections.len())?;
             for (d, label) in result.detections.iter().zip(&labels) {
                 let [x1, y1, x2, y2] = d.bbox;
-                println!("  {label:<14} {:.3}  [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}]", d.score);
+                outln!("  {label:<14} {:.3}  [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}]", d.score)?;
             }
         }
     }

@@ -1,5 +1,14 @@
 //! Command-line interface (the contract is in DESIGN.md; scripts and tests rely on it).
 
+/// `println!` that returns the write error instead of panicking, so that a closed pipe
+/// (`spotter detect ... | head -1`) ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod bench;
 mod detect;
 mod video;
@@ -94,17 +103,17 @@ fn list_cameras() -> Result<()> {
     use spotter_pipeline::source::camera;
     let cameras = camera::list_cameras()?;
     if cameras.is_empty() {
-        println!("no cameras found");
+        outln!("no cameras found")?;
     }
     for c in cameras {
-        println!("camera:{}  {}  ({})", c.index, c.name, c.description);
+        outln!("camera:{}  {}  ({})", c.index, c.name, c.description)?;
         match camera::camera_formats(&c.index) {
             Ok(formats) => {
                 for (w, h, fps, format) in formats {
-                    println!("    {w}x{h} @ {fps} fps  {format}");
+                    outln!("    {w}x{h} @ {fps} fps  {format}")?;
                 }
             }
-            Err(e) => println!("    formats unavailable: {e}"),
+            Err(e) => outln!("    formats unavailable: {e}")?,
         }
     }
     Ok(())

@@ -72,20 +72,13 @@ enum WeightsCommand {
 
 pub fn run(args: WeightsArgs) -> Result<()> {
     let registry = Registry::load(args.registry.as_deref())?;
-    let result = match args.command {
+    match args.command {
         WeightsCommand::List { dir, json } => list(&registry, dir.as_deref(), json),
         WeightsCommand::Fetch { names, dir, mirror, force } => {
             fetch(&registry, &names, dir.as_deref(), mirror.as_deref(), force)
         }
         WeightsCommand::Convert { input, output, half } => convert(&input, &output, half),
         WeightsCommand::Info { path, dir, json } => info(&registry, &path, dir.as_deref(), json),
-    };
-    // `spotter weights list | head` is not an error.
-    match result {
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
-            Ok(())
-        }
-        other => other,
     }
 }
 

@@ -239,7 +239,7 @@ pub fn resolve_source(source: &str, weights_dir: Option<&Path>) -> Result<PathBu
         if looks_like_path {
             return Err(Error::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
         return Err(Error::UnknownModel(source.to_string(), crate::spec::builtin_names().join(", ")));
@@ -265,7 +265,7 @@ fn choose_spec(ck: &Checkpoint, explicit: Option<&Path>) -> Result<(ModelSpec, S
     let stem = ck.path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     let named = ck.metadata.get(META_MODEL).cloned().unwrap_or_else(|| stem.clone());
     let read_yaml = |p: &Path| -> Result<ModelSpec> {
-        let text = std::fs::read_to_string(p).map_err(|source| Error::Io { path: p.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(p).map_err(|error| Error::Io { path: p.to_path_buf(), error })?;
         ModelSpec::from_yaml(&text).map_err(|e| Error::Spec(format!("{}: {e}", p.display())))
     };
     if let Some(p) = explicit {

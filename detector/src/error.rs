@@ -6,19 +6,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The messages carry their cause's text and do not also expose it as `source()`, which
+    // would print it twice in a `{:#}` chain ("x.pt: no such file: no such file").
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
-    #[error("{path}: {source}")]
-    Checkpoint {
-        path: PathBuf,
-        #[source]
-        source: crate::checkpoint::pt::PtError,
-    },
+    #[error("{path}: {error}")]
+    Checkpoint { path: PathBuf, error: crate::checkpoint::pt::PtError },
 
     #[error("{path}: not a valid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },
@@ -68,5 +62,11 @@ pub enum Error {
     Postprocess(#[from] crate::postprocess::PostprocessError),
 
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        Error::Candle(error)
+    }
 }

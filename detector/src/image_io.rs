@@ -17,7 +17,7 @@ pub fn is_image_path(path: &Path) -> bool {
 
 /// Reads an image file as 8-bit RGB.
 pub fn read_image(path: &Path) -> Result<RgbFrame> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| Error::Io { path: path.to_path_buf(), error })?;
     decode_image(&bytes).map_err(|reason| Error::Image(format!("{}: not a readable image ({reason})", path.display())))
 }
 

@@ -97,7 +97,9 @@ fn detect_reports_bad_input_in_one_line() {
     assert_clean_error(&spotter(&["detect", fake.to_str().unwrap(), "--model", model]), "not a readable image");
     let photo = fixture("images/coffee.png");
     let photo = photo.to_str().unwrap();
-    assert_clean_error(&spotter(&["detect", photo, "--model", "/no/such/weights.pt"]), "weights.pt");
+    let o = spotter(&["detect", photo, "--model", "/no/such/weights.pt"]);
+    assert_clean_error(&o, "/no/such/weights.pt: no such file");
+    assert_eq!(stderr(&o).matches("no such file").count(), 1, "the cause once: {}", stderr(&o));
     // A missing official variant is downloaded; here from a port where nothing listens.
     let o = spotter(&["detect", photo, "--model", "gelan-c"]);
     assert_clean_error(&o, "cannot download gelan-c.pt from http://127.0.0.1:9/gelan-c.pt: connection refused");
@@ -137,4 +139,21 @@ fn detect_prints_detections_and_filters_classes() {
     for line in text.lines().skip(1) {
         assert!(line.trim_start().starts_with("person"), "{line}");
     }
+}
+
+#[test]
+fn detect_into_a_closed_pipe_is_not_a_crash() {
+    // `spotter detect photo | head -1` with `head` already gone: every write fails with EPIPE
+    // (the read end is closed before the process starts, so this does not depend on timing).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let model = fixture("yolov9/tiny/tiny-gelan-c.pt");
+    let photo = fixture("images/coffee.png");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_spotter"))
+        .args(["detect", photo.to_str().unwrap(), "--model", model.to_str().unwrap(), "--imgsz", "128"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }

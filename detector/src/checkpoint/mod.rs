@@ -39,7 +39,7 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Reads a `.pt` or `.safetensors` file (chosen by content, not by extension).
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| Error::Io { path: path.to_path_buf(), error })?;
         if bytes.starts_with(b"PK\x03\x04") {
             Self::from_pt(path, &bytes)
         } else if looks_like_safetensors(&bytes) {
@@ -56,7 +56,7 @@ impl Checkpoint {
     }
 
     fn from_pt(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let ck = pt::read_pt_bytes(bytes).map_err(|source| Error::Checkpoint { path: path.to_path_buf(), source })?;
+        let ck = pt::read_pt_bytes(bytes).map_err(|error| Error::Checkpoint { path: path.to_path_buf(), error })?;
         let mut tensors = Vec::with_capacity(ck.tensors.len());
         for (name, raw) in ck.tensors {
             tensors.push((name, raw_to_tensor(&raw)?));
@@ -142,7 +142,7 @@ impl Checkpoint {
         let tmp = out.with_extension("safetensors.part");
         safetensors::serialize_to_file(converted, Some(meta), &tmp)
             .map_err(|e| Error::Safetensors { path: out.to_path_buf(), reason: e.to_string() })?;
-        std::fs::rename(&tmp, out).map_err(|source| Error::Io { path: out.to_path_buf(), source })
+        std::fs::rename(&tmp, out).map_err(|error| Error::Io { path: out.to_path_buf(), error })
     }
 }
 

@@ -223,7 +223,7 @@ impl PtCheckpoint {
 pub enum PtError {
     /// The file could not be read.
     #[error("cannot read checkpoint: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The bytes are not a zip archive at all.
     #[error("not a PyTorch checkpoint (not a zip archive)")]
     NotZip,
@@ -289,6 +289,14 @@ pub enum PtError {
     /// The checkpoint exceeds one of the reader's safety limits.
     #[error("checkpoint exceeds reader limits: {0}")]
     Limit(String),
+}
+
+// By hand rather than `#[from]`: the message already carries the I/O error's text, and a
+// `source()` as well would print it twice in a `{:#}` chain.
+impl From<std::io::Error> for PtError {
+    fn from(error: std::io::Error) -> Self {
+        PtError::Io(error)
+    }
 }
 
 /// Reads a PyTorch checkpoint file.
