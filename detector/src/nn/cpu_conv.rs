@@ -1,34 +1,22 @@
 //! Convolution fast path for f32 tensors on the CPU.
 //!
 //! Why: Candle's CPU `conv2d` (0.11) reaches about a third of the two cores' FMA peak on
-//! 3x3 kernels and half of it on 1x1 kernels, while its matrix product reaches ~88 %
-//! (`BUILD-NOTES.md`, "Candle on this CPU"). Its 3x3 path converts the NCHW input to NHWC,
-//! gathers im2col tiles element by element and scatters the result back; the 1x1 path copies
-//! the input element by element before the GEMM. Here a convolution is one matrix product in
-//! the layout the network already uses, with no transposes:
-//!
-//! ```text
-//! y[c2, Ho*Wo] = W[c2, c1*k*k] @ col[c1*k*k, Ho*Wo]     (per image and group)
-//! ```
-//!
-//! - 1x1, stride 1: `col` is the input itself (an NCHW image is a `[c1, H*W]` matrix), no copy.
-//! - other kernels: `col` is built by [`Im2Col`], row by row, each row a shifted copy of one
-//!   input plane (plain `memcpy` of row segments for stride 1), in parallel, into a buffer
-//!   reused across layers and frames.
-//! - the GEMM is Candle's own `matmul` (the `gemm` crate, threaded with rayon).
-//! - bias and activation are then applied in one pass over the output, in place, with a
-//!   vectorisable SiLU ([`BiasAct`]), compiled for the CPU's widest vectors through `pulp`'s
-//!   runtime dispatch (safe; AVX-512 or AVX2 where present).
+//! 3x3 kernels and half of it on 1x1 kernels (`BUILD-NOTES.md`, "Candle on this CPU"), and
+//! even im2col + its matrix product reached only 40–100 GFLOP/s on these shapes (few output
+//! channels, many pixels). Here a convolution is one custom op over the NCHW tensors the
+//! network already uses: the weights are packed once at load, and [`cpu_gemm`] gathers the
+//! input, multiplies and applies bias, activation and the bottleneck shortcut in one pass
+//! (see there).
 //!
 //! Results equal Candle's `conv2d` up to float summation order. GPU tensors and other
 //! dtypes never come here (the caller keeps Candle's `conv2d` for them).
-
-use std::cell::RefCell;
+//!
+//! [`cpu_gemm`]: super::cpu_gemm
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Tensor};
-use rayon::prelude::*;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::cpu_gemm::{self, Input, Isa, PackedWeights};
 use crate::spec::Activation;
 
 /// Geometry of a convolution, as the fast path needs it.
@@ -44,23 +32,17 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+    pub(crate) fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
         let span = self.d * (self.k - 1) + 1;
         ((h + 2 * self.p - span) / self.s + 1, (w + 2 * self.p - span) / self.s + 1)
     }
-
-    /// Whether the input already is the GEMM's right-hand side.
-    fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.s == 1 && self.p == 0
-    }
 }
 
-/// A convolution with bias and activation, run as im2col + GEMM + fused epilogue.
+/// A convolution with bias and activation (and optionally a shortcut added after it).
 #[derive(Debug, Clone)]
 pub(crate) struct CpuConv {
     geo: Geometry,
-    /// The weights as `[groups, c2 / groups, c1 / groups * k * k]` (a view of the 4-D weight).
-    matrix: Tensor,
+    weights: PackedWeights,
     bias: Vec<f32>,
     act: Option<Activation>,
 }
@@ -69,10 +51,17 @@ impl CpuConv {
     /// `weight` is `[c2, c1 / g, k, k]` and `bias` `[c2]` (any shape with c2 elements), both
     /// f32 on the CPU.
     pub fn new(weight: &Tensor, bias: &Tensor, geo: Geometry, act: Option<Activation>) -> candle_core::Result<Self> {
-        let per_group = geo.c1 / geo.g * geo.k * geo.k;
-        let matrix = weight.contiguous()?.reshape((geo.g, geo.c2 / geo.g, per_group))?;
+        let depth = geo.c1 / geo.g * geo.k * geo.k;
+        let matrix = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if matrix.len() != geo.c2 * depth {
+            candle_core::bail!("conv: {} weights for {geo:?}", matrix.len());
+        }
+        let weights = PackedWeights::new(&matrix, geo.g, geo.c2 / geo.g, depth);
         let bias = bias.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        Ok(Self { geo, matrix, bias, act })
+        if bias.len() != geo.c2 {
+            candle_core::bail!("conv: {} biases for {} output channels", bias.len(), geo.c2);
+        }
+        Ok(Self { geo, weights, bias, act })
     }
 
     /// Whether `x` can take this path: f32 on the CPU.
@@ -83,70 +72,81 @@ impl CpuConv {
     /// `act(conv(x) + bias)`, plus `residual` (same shape as the output) when given: the
     /// shortcut of a bottleneck is added in the same pass as the activation.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let Geometry { c1, c2, g, k, .. } = self.geo;
-        let (b, c, h, w) = x.dims4()?;
-        if c != c1 {
-            candle_core::bail!("conv: expected {c1} input channels, got {c}");
+        let op = ConvOp { conv: self, isa: Isa::Native };
+        match residual {
+            None => x.apply_op1_no_bwd(&op),
+            Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
+        }
+    }
+
+    /// Runs the kernel on one batch; `residual` is contiguous with the output's shape.
+    fn run(
+        &self,
+        isa: Isa,
+        x: &CpuStorage,
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        if c != self.geo.c1 {
+            candle_core::bail!("conv: expected {} input channels, got {c}", self.geo.c1);
+        }
+        let stride = layout.stride();
+        if stride[2] != w || stride[3] != 1 {
+            candle_core::bail!("conv: rows of the input must be contiguous");
         }
         let (ho, wo) = self.geo.out_size(h, w);
-        let mut images = Vec::with_capacity(b);
-        for i in 0..b {
-            let xi = if b == 1 { x.clone() } else { x.narrow(0, i, 1)? };
-            let col = if self.geo.is_pointwise() {
-                // A contiguous NCHW image (also a channel slice of one) is already [c1, H*W].
-                let xi = if xi.is_contiguous() { xi } else { xi.contiguous()? };
-                xi.reshape((g, c1 / g, h * w))?
-            } else {
-                let len = c1 * k * k * ho * wo;
-                let scratch = scratch(len)?;
-                scratch.inplace_op2(&xi, &Im2Col(self.geo))?;
-                scratch.narrow(0, 0, len)?.reshape((g, c1 / g * k * k, ho * wo))?
-            };
-            let y = self.matrix.matmul(&col)?.reshape((1, c2, ho, wo))?;
-            let epilogue = BiasAct { bias: &self.bias, act: self.act };
-            match residual {
-                None => y.inplace_op1(&epilogue)?,
-                Some(r) => {
-                    let ri = if b == 1 { r.clone() } else { r.narrow(0, i, 1)? };
-                    let ri = if ri.is_contiguous() { ri } else { ri.contiguous()? };
-                    if ri.dims() != y.dims() {
-                        candle_core::bail!("conv: residual of shape {:?} for an output of {:?}", ri.dims(), y.dims());
-                    }
-                    y.inplace_op2(&ri, &epilogue)?
-                }
-            }
-            images.push(y);
+        let shape = Shape::from((b, self.geo.c2, ho, wo));
+        if residual.is_some_and(|r| r.len() != shape.elem_count()) {
+            candle_core::bail!("conv: residual does not match the output {shape:?}");
         }
-        if b == 1 {
-            images.pop().ok_or_else(|| candle_core::Error::Msg("empty batch".into()))
-        } else {
-            Tensor::cat(&images, 0)
-        }
+        let input = Input {
+            data: f32_data(x)?,
+            base: layout.start_offset(),
+            image_stride: stride[0],
+            plane_stride: stride[1],
+            h,
+            w,
+        };
+        let mut out = vec![0f32; shape.elem_count()];
+        cpu_gemm::conv(isa, input, b, self.geo, &self.weights, &self.bias, self.act, residual, &mut out);
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
-thread_local! {
-    /// The im2col matrix of the current convolution, reused by every convolution and frame on
-    /// this thread (it grows to the largest one and stays): no allocation or page faults per
-    /// layer, and no zero-filling since [`Im2Col`] writes every element it exposes.
-    static SCRATCH: RefCell<Option<Tensor>> = const { RefCell::new(None) };
+/// [`CpuConv`] as a Candle op, run with a given SIMD flavour.
+struct ConvOp<'a> {
+    conv: &'a CpuConv,
+    isa: Isa,
 }
 
-/// A 1-D f32 tensor of at least `len` elements from this thread's scratch.
-fn scratch(len: usize) -> candle_core::Result<Tensor> {
-    SCRATCH.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        match slot.as_ref() {
-            Some(t) if t.elem_count() >= len => Ok(t.clone()),
-            _ => {
-                // Drop the old buffer first so two never coexist.
-                *slot = None;
-                let t = Tensor::zeros(len, DType::F32, &Device::Cpu)?;
-                *slot = Some(t.clone());
-                Ok(t)
-            }
-        }
-    })
+impl CustomOp1 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "spotter-conv"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.conv.run(self.isa, storage, layout, None)
+    }
+}
+
+impl CustomOp2 for ConvOp<'_> {
+    fn name(&self) -> &'static str {
+        "spotter-conv-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = l2.contiguous_offsets() else {
+            candle_core::bail!("conv: the residual must be contiguous");
+        };
+        self.conv.run(self.isa, s1, l1, Some(&f32_data(s2)?[start..end]))
+    }
 }
 
 /// The f32 data of a CPU storage.
@@ -157,179 +157,9 @@ fn f32_data(storage: &CpuStorage) -> candle_core::Result<&[f32]> {
     }
 }
 
-/// im2col of one image `[1, c1, H, W]` into the first `c1 * k * k * Ho * Wo` elements of a
-/// 1-D buffer, as a `[c1 * k * k, Ho * Wo]` matrix: row `(ci, ky, kx)` holds input plane `ci`
-/// shifted by the kernel offset `(ky, kx)`, zero where it reads padding.
-struct Im2Col(Geometry);
-
-impl InplaceOp2 for Im2Col {
-    fn name(&self) -> &'static str {
-        "spotter-im2col"
-    }
-
-    fn cpu_fwd(
-        &self,
-        dst: &mut CpuStorage,
-        dst_l: &Layout,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<()> {
-        let Geometry { k, s, p, d, .. } = self.0;
-        let data = f32_data(storage)?;
-        let CpuStorage::F32(col) = dst else {
-            candle_core::bail!("im2col: expected an f32 buffer, got {:?}", dst.dtype());
-        };
-        let (_, c1, h, w) = layout.shape().dims4()?;
-        let stride = layout.stride();
-        if stride[2] != w || stride[3] != 1 {
-            candle_core::bail!("im2col: rows of the input must be contiguous");
-        }
-        let (plane_stride, base) = (stride[1], layout.start_offset());
-        let (ho, wo) = self.0.out_size(h, w);
-        let n = ho * wo;
-        let Some(col) = dst_l.contiguous_offsets().and_then(|(start, end)| col.get_mut(start..end)) else {
-            candle_core::bail!("im2col: the buffer must be contiguous");
-        };
-        let Some(col) = col.get_mut(..c1 * k * k * n) else {
-            candle_core::bail!("im2col: buffer of {} for {} values", col.len(), c1 * k * k * n);
-        };
-        let arch = pulp::Arch::new();
-        col.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
-            let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
-            let plane = &data[base + ci * plane_stride..][..h * w];
-            // Input column of output column `ox` is `ox * s + off`.
-            let off = (kx * d) as isize - p as isize;
-            for (oy, out) in dst.chunks_exact_mut(wo).enumerate() {
-                let iy = (oy * s + ky * d) as isize - p as isize;
-                if iy < 0 || iy >= h as isize {
-                    out.fill(0.0);
-                    continue;
-                }
-                let src = &plane[iy as usize * w..][..w];
-                // Valid output columns: 0 <= ox * s + off < w.
-                let lo = ((-off).max(0) as usize).div_ceil(s).min(wo);
-                let hi = ((w as isize - off).max(0) as usize).div_ceil(s).clamp(lo, wo);
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                let start = (lo * s) as isize + off;
-                let src = &src[start as usize..];
-                if s == 1 {
-                    out[lo..hi].copy_from_slice(&src[..hi - lo]);
-                } else {
-                    arch.dispatch(Gather { out: &mut out[lo..hi], src, s });
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-/// `out[i] = src[i * s]` (strided convolutions' im2col), in whole `s`-element chunks so that
-/// it compiles to vector shuffles under `pulp`'s dispatch.
-struct Gather<'a> {
-    out: &'a mut [f32],
-    src: &'a [f32],
-    s: usize,
-}
-
-impl pulp::WithSimd for Gather<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Gather { out, src, s } = self;
-        let whole = out.len().min(src.len() / s);
-        let (head, tail) = out.split_at_mut(whole);
-        if s == 2 {
-            head.iter_mut().zip(src.chunks_exact(2)).for_each(|(o, c)| *o = c[0]);
-        } else {
-            head.iter_mut().zip(src.chunks_exact(s)).for_each(|(o, c)| *o = c[0]);
-        }
-        for (j, o) in tail.iter_mut().enumerate() {
-            *o = src[(whole + j) * s];
-        }
-    }
-}
-
-/// In place on a contiguous `[c2, N]` (or `[groups, c2 / groups, N]`) GEMM output:
-/// `y = act(y + bias[c])` per output channel `c` (InplaceOp1), then `+ residual` (InplaceOp2).
-struct BiasAct<'a> {
-    bias: &'a [f32],
-    act: Option<Activation>,
-}
-
-impl BiasAct<'_> {
-    fn run(&self, storage: &mut CpuStorage, layout: &Layout, residual: Option<&[f32]>) -> candle_core::Result<()> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("bias-act: expected f32, got {:?}", storage.dtype());
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bias-act: the output must be contiguous");
-        };
-        let data = &mut data[start..end];
-        let n = data.len() / self.bias.len().max(1);
-        if n * self.bias.len() != data.len() || residual.is_some_and(|r| r.len() != data.len()) {
-            candle_core::bail!("bias-act: {} values for {} channels", data.len(), self.bias.len());
-        }
-        let act = self.act;
-        let arch = pulp::Arch::new();
-        let rows = data.par_chunks_mut(n).zip(self.bias.par_iter());
-        match residual {
-            None => rows.for_each(|(row, &b)| arch.dispatch(RowBiasAct { row, b, act, residual: None })),
-            Some(r) => rows
-                .zip(r.par_chunks(n))
-                .for_each(|((row, &b), r)| arch.dispatch(RowBiasAct { row, b, act, residual: Some(r) })),
-        }
-        Ok(())
-    }
-}
-
-impl InplaceOp1 for BiasAct<'_> {
-    fn name(&self) -> &'static str {
-        "spotter-bias-act"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        self.run(storage, layout, None)
-    }
-}
-
-impl InplaceOp2 for BiasAct<'_> {
-    fn name(&self) -> &'static str {
-        "spotter-bias-act-add"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let Some((start, end)) = l2.contiguous_offsets() else {
-            candle_core::bail!("bias-act: the residual must be contiguous");
-        };
-        self.run(s1, l1, Some(&f32_data(s2)?[start..end]))
-    }
-}
-
-/// One row of [`BiasAct`], run through `pulp::Arch::dispatch` so that the loop is compiled
-/// (inlined) for the widest vectors the CPU has.
-struct RowBiasAct<'a> {
-    row: &'a mut [f32],
-    b: f32,
-    act: Option<Activation>,
-    residual: Option<&'a [f32]>,
-}
-
-impl pulp::WithSimd for RowBiasAct<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        bias_act(self.row, self.b, self.act);
-        if let Some(r) = self.residual {
-            self.row.iter_mut().zip(r).for_each(|(v, r)| *v += r);
-        }
-    }
-}
-
+/// `row = act(row + b)`, inlined into the SIMD-dispatched kernel so that it vectorises.
 #[inline(always)]
-fn bias_act(row: &mut [f32], b: f32, act: Option<Activation>) {
+pub(crate) fn bias_act(row: &mut [f32], b: f32, act: Option<Activation>) {
     match act {
         None | Some(Activation::Identity) => row.iter_mut().for_each(|v| *v += b),
         Some(Activation::Silu) => row.iter_mut().for_each(|v| *v = silu(*v + b)),
@@ -411,14 +241,25 @@ mod tests {
             (3, 8, 3, 2, 1, 1, 16, 16),
             (6, 4, 1, 2, 0, 1, 8, 8),
             (4, 4, 5, 1, 2, 1, 7, 7),
+            // Several depth blocks, a partial channel panel, partial pixel panels.
+            (40, 20, 3, 1, 1, 1, 23, 29),
+            (16, 8, 3, 2, 1, 1, 33, 31),
+            (64, 36, 1, 1, 0, 4, 19, 21),
+            (24, 200, 3, 1, 1, 1, 4, 5),
         ] {
             let x = Tensor::randn(0f32, 1., (2, c1, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (c2, c1 / g, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1., c2, &dev).unwrap();
             let geo = Geometry { c1, c2, k, s, p, d: 1, g };
-            for act in [Some(Activation::Silu), None, Some(Activation::LeakyRelu(0.1))] {
+            for (act, isa) in [
+                (Some(Activation::Silu), Isa::Native),
+                (None, Isa::Native),
+                (Some(Activation::LeakyRelu(0.1)), Isa::Native),
+                (Some(Activation::Silu), Isa::Avx2),
+                (Some(Activation::Silu), Isa::Scalar),
+            ] {
                 let conv = CpuConv::new(&wt, &b, geo, act).unwrap();
-                let ours = conv.forward(&x, None).unwrap();
+                let ours = x.apply_op1_no_bwd(&ConvOp { conv: &conv, isa }).unwrap();
                 let want =
                     x.conv2d(&wt, p, s, 1, g).unwrap().broadcast_add(&b.reshape((1, c2, 1, 1)).unwrap()).unwrap();
                 let want = match act {
@@ -428,7 +269,7 @@ mod tests {
                 };
                 let diff = (ours - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-4, "{c1}->{c2} k{k} s{s} g{g} {act:?}: max diff {diff}");
+                assert!(diff < 1e-4, "{c1}->{c2} k{k} s{s} g{g} {act:?} {isa:?}: max diff {diff}");
             }
         }
     }

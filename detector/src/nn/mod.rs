@@ -4,5 +4,6 @@
 pub mod blocks;
 pub mod conv;
 mod cpu_conv;
+mod cpu_gemm;
 mod cpu_pool;
 pub mod head;

@@ -1,0 +1,624 @@
+//! The CPU convolution kernel: a convolution as a matrix product whose right-hand side is
+//! never built, with packed weights and bias, activation and shortcut applied in cache.
+//!
+//! Why not im2col + a library GEMM: for these networks' shapes (few output channels, many
+//! pixels) the general GEMM reached only 40–100 GFLOP/s here against a 234 GFLOP/s peak, and the
+//! im2col matrix (9x the input for 3x3) was written, read back and packed again.
+//!
+//! ```text
+//! out[c2, pixels] = W[c2, c1*k*k] @ col[c1*k*k, pixels]
+//! ```
+//!
+//! - `W` is packed once at load into panels of [`PANEL_ROWS`] output channels (depth-major),
+//!   so the kernel broadcasts one weight per row and step.
+//! - Stride 1 (all 1x1 and 3x3 convolutions but the downsampling ones): the input is copied
+//!   once into zero-padded planes. In "wide" pixel coordinates (the padded row width, so a few
+//!   junk columns per row) every row of `col` is then a shifted slice of a plane, so the kernel
+//!   reads it in place through a table of per-depth offsets ([`Source::Direct`]).
+//! - Other strides: each task gathers the `DEPTH_BLOCK x NR` slices of `col` it needs into a
+//!   small per-thread buffer ([`gather`]), which stays in cache while every channel panel uses it.
+//! - The kernel keeps a `ROWS x NV` tile of SIMD accumulators in registers (8 x 3 zmm on
+//!   AVX-512, 4 x 3 ymm on AVX2) and is compiled for the widest vectors the CPU has through
+//!   `pulp`'s runtime dispatch (all safe code). Partial sums between depth blocks go to a
+//!   per-thread buffer.
+//! - After the last depth block the tile row is stored (junk columns dropped), and bias,
+//!   activation and the bottleneck shortcut are applied while it is in L1.
+//!
+//! Tasks are (image, group, channel block, pixel block), spread over rayon's threads; each
+//! writes disjoint row segments of the NCHW output.
+
+use std::cell::RefCell;
+
+use pulp::Simd;
+use rayon::prelude::*;
+
+use super::cpu_conv::{Geometry, bias_act};
+use crate::spec::Activation;
+
+/// Output channels per packed weight panel.
+pub(crate) const PANEL_ROWS: usize = 8;
+/// Most depth (input channel x kernel tap) per block: the `DEPTH_BLOCK x NR` slice of `col`
+/// a micro-panel reads (24 KiB on AVX-512) stays in L1 while all channel panels use it.
+const DEPTH_BLOCK: usize = 128;
+/// Most pixel micro-panels per task: bounds the per-thread buffers (~100 KiB per 128 rows).
+const MAX_PANELS_PER_TASK: usize = 4;
+/// Widest micro-panel of any SIMD flavour (48 pixels on AVX-512).
+const MAX_PANEL_WIDTH: usize = 64;
+
+/// Convolution weights `[c2, c1 / g, k, k]` packed as, per group and per panel of
+/// [`PANEL_ROWS`] output channels, for each depth index the panel's weights (zero-padded).
+#[derive(Debug, Clone)]
+pub(crate) struct PackedWeights {
+    groups: usize,
+    /// Output channels per group.
+    rows: usize,
+    /// `c1 / g * k * k`.
+    depth: usize,
+    data: Vec<f32>,
+}
+
+impl PackedWeights {
+    /// `weights` is the row-major `[c2, c1 / g * k * k]` matrix of a convolution with `groups`.
+    pub fn new(weights: &[f32], groups: usize, rows: usize, depth: usize) -> Self {
+        let panels = rows.div_ceil(PANEL_ROWS);
+        let mut data = vec![0f32; groups * panels * depth * PANEL_ROWS];
+        for (row, w) in weights.chunks_exact(depth).enumerate().take(groups * rows) {
+            let (gi, r) = (row / rows, row % rows);
+            let panel = (gi * panels + r / PANEL_ROWS) * depth * PANEL_ROWS;
+            for (kk, &v) in w.iter().enumerate() {
+                data[panel + kk * PANEL_ROWS + r % PANEL_ROWS] = v;
+            }
+        }
+        Self { groups, rows, depth, data }
+    }
+
+    fn panels(&self) -> usize {
+        self.rows.div_ceil(PANEL_ROWS)
+    }
+
+    /// Depth range `depth` of panel `panel` of group `gi`.
+    fn panel(&self, gi: usize, panel: usize, depth: std::ops::Range<usize>) -> &[[f32; PANEL_ROWS]] {
+        let start = (gi * self.panels() + panel) * self.depth * PANEL_ROWS;
+        let all = &self.data[start..start + self.depth * PANEL_ROWS];
+        &pulp::as_arrays::<PANEL_ROWS, f32>(all).0[depth]
+    }
+}
+
+/// One NCHW f32 input batch: rows contiguous, planes `plane_stride` apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Input<'a> {
+    pub data: &'a [f32],
+    pub base: usize,
+    pub image_stride: usize,
+    pub plane_stride: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// Where the kernel reads its right-hand side (the im2col matrix) from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Stride-1 convolutions: every im2col row is a shifted slice of a (zero-padded) input
+    /// plane, read in place. In "wide" pixel coordinates `q = oy * wide + ox` (with `wide` the
+    /// padded row width, so `wide - wo` junk columns per row), row `(ci, ky, kx)` at `q` is
+    /// `data[plane(ci) + ky * d * wide + kx * d + q]`: a plain matrix product with offsets.
+    Direct { data: &'a [f32], base: usize, image_stride: usize, plane_stride: usize },
+    /// Other convolutions: gathered per task into micro-panels (see [`gather`]).
+    Gathered,
+}
+
+/// Everything a task reads.
+struct Shared<'a> {
+    input: Input<'a>,
+    source: Source<'a>,
+    geo: Geometry,
+    weights: &'a PackedWeights,
+    bias: &'a [f32],
+    act: Option<Activation>,
+    /// Same shape as the output, added after the activation.
+    residual: Option<&'a [f32]>,
+    ho: usize,
+    wo: usize,
+    /// Row width in the pixel coordinates the tasks run over (`wo` unless `Direct`).
+    wide: usize,
+}
+
+impl Shared<'_> {
+    /// The output pixel of wide coordinate `q` (junk columns map to the next real pixel).
+    fn out_index(&self, q: usize) -> usize {
+        (q / self.wide) * self.wo + (q % self.wide).min(self.wo)
+    }
+}
+
+/// A block of output channels x a block of pixels of one image and group.
+struct Task<'a> {
+    image: usize,
+    group: usize,
+    /// First channel panel (within the group) and the rows of the block, one slice per output
+    /// channel, each covering the output pixels of wide coordinates `pixels.0 .. pixels.1`.
+    first_panel: usize,
+    rows: Vec<&'a mut [f32]>,
+    pixels: (usize, usize),
+}
+
+thread_local! {
+    /// The zero-padded copy of a stride-1 convolution's input, reused across layers and frames.
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out = act(conv(input) + bias) (+ residual)` for a whole batch; `out` is the contiguous
+/// NCHW output `[batch, c2, ho, wo]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    isa: Isa,
+    input: Input<'_>,
+    batch: usize,
+    geo: Geometry,
+    weights: &PackedWeights,
+    bias: &[f32],
+    act: Option<Activation>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (ho, wo) = geo.out_size(input.h, input.w);
+    let nr = isa.dispatch(PanelWidth);
+    let mut padded = Vec::new();
+    let (source, wide) = if geo.s == 1 {
+        let (wide, hp) = (input.w + 2 * geo.p, input.h + 2 * geo.p);
+        padded = PADDED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        let plane_stride = spaced_plane(hp * wide);
+        // Reads go up to one micro-panel past the last real pixel of the last plane.
+        pad(&input, batch, geo.c1, geo.p, plane_stride, &mut padded, nr + wide);
+        let source = Source::Direct { data: &padded, base: 0, image_stride: geo.c1 * plane_stride, plane_stride };
+        (source, wide)
+    } else {
+        (Source::Gathered, wo)
+    };
+    let shared = Shared { input, source, geo, weights, bias, act, residual, ho, wo, wide };
+    // Wide pixel coordinates run to the last real pixel (junk after it is not computed).
+    let pixels = (ho - 1) * wide + wo;
+
+    // Split the pixels into tasks of up to MAX_PANELS_PER_TASK micro-panels, enough of them
+    // for every thread; when the image is small, split the channels as well.
+    let threads = rayon::current_num_threads().max(1);
+    let micro_panels = pixels.div_ceil(nr);
+    let per_task = (micro_panels / (4 * threads)).clamp(1, MAX_PANELS_PER_TASK);
+    let pixel_blocks = micro_panels.div_ceil(per_task);
+    let panels = weights.panels();
+    let channel_blocks = (4 * threads).div_ceil(pixel_blocks * batch * weights.groups).clamp(1, panels);
+    let panels_per_block = panels.div_ceil(channel_blocks);
+    let block_cols = per_task * nr;
+    // Output pixel ranges of the pixel blocks.
+    let cuts: Vec<usize> = (0..pixel_blocks).map(|i| shared.out_index(i * block_cols)).chain([ho * wo]).collect();
+
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    for (image, out) in out.chunks_exact_mut(geo.c2 * ho * wo).enumerate().take(batch) {
+        for (group, out) in out.chunks_exact_mut(weights.rows * ho * wo).enumerate() {
+            let first = tasks.len();
+            for block in 0..panels.div_ceil(panels_per_block) {
+                for col in (0..pixels).step_by(block_cols) {
+                    let end = (col + block_cols).min(pixels);
+                    tasks.push(Task {
+                        image,
+                        group,
+                        first_panel: block * panels_per_block,
+                        rows: Vec::new(),
+                        pixels: (col, end),
+                    });
+                }
+            }
+            // Hand each task its row segments.
+            for (row, mut out) in out.chunks_exact_mut(ho * wo).enumerate() {
+                let block = row / PANEL_ROWS / panels_per_block;
+                for (i, bounds) in cuts.windows(2).enumerate() {
+                    let (segment, rest) = out.split_at_mut(bounds[1] - bounds[0]);
+                    tasks[first + block * pixel_blocks + i].rows.push(segment);
+                    out = rest;
+                }
+            }
+        }
+    }
+    tasks.into_par_iter().for_each(|task| isa.dispatch(RunTask { shared: &shared, task }));
+    if !padded.is_empty() {
+        PADDED.with(|cell| *cell.borrow_mut() = padded);
+    }
+}
+
+/// The distance between padded planes: whole 4 KiB pages plus one cache line. Planes of
+/// 160 x 160 floats are exactly 25 pages apart, so the same pixel of every channel would fall
+/// in one L1 set (12 ways) and a 1x1 convolution over 128 channels would thrash it; with the
+/// extra line, channel `i` starts in set `i mod 64`.
+fn spaced_plane(len: usize) -> usize {
+    len.next_multiple_of(1024) + 16
+}
+
+/// Copies the `c1` planes of every image into `dst`, `plane_stride` apart, with `p` zeros
+/// around each and `slack` zeros at the end (the kernel reads whole micro-panels).
+fn pad(input: &Input<'_>, batch: usize, c1: usize, p: usize, plane_stride: usize, dst: &mut Vec<f32>, slack: usize) {
+    let Input { data, base, image_stride, plane_stride: src_stride, h, w } = *input;
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let len = batch * c1 * plane_stride;
+    dst.resize(len + slack, 0.0);
+    let (planes, tail) = dst.split_at_mut(len);
+    tail.fill(0.0);
+    planes.par_chunks_mut(plane_stride).enumerate().for_each(|(i, plane)| {
+        let src = &data[base + i / c1 * image_stride + i % c1 * src_stride..][..h * w];
+        let plane = &mut plane[..hp * wp];
+        plane[..p * wp].fill(0.0);
+        plane[(p + h) * wp..].fill(0.0);
+        for (dst, src) in plane[p * wp..(p + h) * wp].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
+            dst[..p].fill(0.0);
+            dst[p..p + w].copy_from_slice(src);
+            dst[p + w..].fill(0.0);
+        }
+    });
+}
+
+/// Which SIMD flavour the kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// The widest the CPU has (AVX-512, AVX2+FMA, NEON, or scalar), chosen at run time.
+    Native,
+    /// Plain scalar code; tests use it to check the narrow-tile path on any CPU.
+    #[cfg(test)]
+    Scalar,
+    /// AVX2 + FMA where present (else Native); tests use it on AVX-512 machines.
+    #[cfg(test)]
+    Avx2,
+}
+
+impl Isa {
+    fn dispatch<Op: pulp::WithSimd>(self, op: Op) -> Op::Output {
+        match self {
+            Isa::Native => pulp::Arch::new().dispatch(op),
+            #[cfg(test)]
+            Isa::Scalar => op.with_simd(pulp::Scalar::new()),
+            #[cfg(test)]
+            Isa::Avx2 => {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(v3) = pulp::x86::V3::try_new() {
+                    return Simd::vectorize(v3, op);
+                }
+                pulp::Arch::new().dispatch(op)
+            }
+        }
+    }
+}
+
+/// The micro-panel width (pixels per kernel call) for the dispatched SIMD width.
+struct PanelWidth;
+
+impl pulp::WithSimd for PanelWidth {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> usize {
+        let (_, nv) = tile::<S>();
+        nv * S::F32_LANES
+    }
+}
+
+/// `(ROWS, NV)` of the kernel tile for a SIMD flavour; must match [`RunTask`]'s choice.
+fn tile<S: Simd>() -> (usize, usize) {
+    if S::REGISTER_COUNT >= 32 { (8, 3) } else { (4, 3) }
+}
+
+struct RunTask<'s, 'a> {
+    shared: &'s Shared<'s>,
+    task: Task<'a>,
+}
+
+impl pulp::WithSimd for RunTask<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        if tile::<S>() == (8, 3) {
+            run_task::<S, 8, 3>(simd, self.shared, self.task)
+        } else {
+            run_task::<S, 4, 3>(simd, self.shared, self.task)
+        }
+    }
+}
+
+thread_local! {
+    /// Per worker thread: the gathered input block and the partial sums of the current task,
+    /// reused across tasks and frames.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+#[inline(always)]
+fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) {
+    let nr = NV * S::F32_LANES;
+    let weights = shared.weights;
+    let Geometry { c1, g, k, d, .. } = shared.geo;
+    let (p0, p1) = task.pixels;
+    let cols = p1 - p0;
+    let micro_panels = cols.div_ceil(nr);
+    let rows = task.rows.len();
+    let depth = weights.depth;
+    let first_channel = task.group * weights.rows + task.first_panel * PANEL_ROWS;
+    let out0 = shared.out_index(p0);
+
+    // Taken out of the thread-local rather than used inside `with`: a closure would not be
+    // compiled with the dispatched target features, and nor would the kernel inlined in it.
+    let (mut block, mut sums) = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    // Equal depth blocks of at most DEPTH_BLOCK (288 = 3 x 96, not 128 + 128 + 32).
+    let block_depth = depth.div_ceil(depth.div_ceil(DEPTH_BLOCK));
+    if matches!(shared.source, Source::Gathered) && block.len() < block_depth * micro_panels * nr {
+        block.resize(block_depth * micro_panels * nr, 0.0);
+    }
+    if block_depth < depth && sums.len() < rows * micro_panels * nr {
+        sums.resize(rows * micro_panels * nr, 0.0);
+    }
+    let mut offsets = [0usize; DEPTH_BLOCK];
+    for k0 in (0..depth).step_by(block_depth) {
+        let kc = block_depth.min(depth - k0);
+        let offsets = &mut offsets[..kc];
+        let b_all: &[f32] = match shared.source {
+            Source::Direct { data, base, image_stride, plane_stride } => {
+                let image = base + task.image * image_stride;
+                for (kk, o) in offsets.iter_mut().enumerate() {
+                    let row = k0 + kk;
+                    let (ci, ky, kx) = (task.group * (c1 / g) + row / (k * k), row / k % k, row % k);
+                    *o = image + ci * plane_stride + ky * d * shared.wide + kx * d;
+                }
+                data
+            }
+            Source::Gathered => {
+                gather::<S, NV>(shared, task.image, task.group, k0, kc, p0, cols, &mut block[..kc * micro_panels * nr]);
+                for (kk, o) in offsets.iter_mut().enumerate() {
+                    *o = kk * nr;
+                }
+                &block
+            }
+        };
+        let first = k0 == 0;
+        let last = k0 + kc == depth;
+        for mp in 0..micro_panels {
+            let b = match shared.source {
+                Source::Direct { .. } => &b_all[p0 + mp * nr..],
+                Source::Gathered => &b_all[mp * kc * nr..],
+            };
+            let c0 = mp * nr;
+            let width = nr.min(cols - c0);
+            for row0 in (0..rows).step_by(ROWS) {
+                let panel = task.first_panel + row0 / PANEL_ROWS;
+                let a = weights.panel(task.group, panel, k0..k0 + kc);
+                let lane0 = row0 % PANEL_ROWS;
+                let mut acc = [[simd.splat_f32s(0.0); NV]; ROWS];
+                let valid = ROWS.min(rows - row0);
+                let sum_at = |r: usize| (row0 + r) * micro_panels * nr + c0;
+                if !first {
+                    for (r, acc) in acc.iter_mut().enumerate().take(valid) {
+                        load::<S, NV>(simd, acc, &sums[sum_at(r)..][..nr]);
+                    }
+                }
+                kernel::<S, ROWS, NV>(simd, a, lane0, b, offsets, &mut acc);
+                for (r, acc) in acc.iter().enumerate().take(valid) {
+                    if last {
+                        let out = &mut *task.rows[row0 + r];
+                        finish::<S, NV>(
+                            simd,
+                            shared,
+                            acc,
+                            out,
+                            out0,
+                            p0 + c0,
+                            width,
+                            task.image,
+                            first_channel + row0 + r,
+                        );
+                    } else {
+                        store::<S, NV>(simd, acc, &mut sums[sum_at(r)..][..nr]);
+                    }
+                }
+            }
+        }
+    }
+    SCRATCH.with(|cell| *cell.borrow_mut() = (block, sums));
+}
+
+/// Writes one finished tile row (wide pixels `q .. q + width`) into the output row `out`
+/// (which starts at output pixel `out0`), dropping junk columns, then applies bias,
+/// activation and the shortcut there while it is in L1.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn finish<S: Simd, const NV: usize>(
+    simd: S,
+    shared: &Shared<'_>,
+    acc: &[S::f32s; NV],
+    out: &mut [f32],
+    out0: usize,
+    q: usize,
+    width: usize,
+    image: usize,
+    channel: usize,
+) {
+    let (wide, wo) = (shared.wide, shared.wo);
+    if wide == wo || q % wide + width <= wo {
+        // The tile row is one run of real pixels.
+        let at = shared.out_index(q);
+        let dst = &mut out[at - out0..][..width];
+        store::<S, NV>(simd, acc, dst);
+        epilogue(shared, dst, at, image, channel);
+        return;
+    }
+    let mut tmp = [0f32; MAX_PANEL_WIDTH];
+    store::<S, NV>(simd, acc, &mut tmp[..NV * S::F32_LANES]);
+    let mut j = q;
+    while j < q + width {
+        let ox = j % wide;
+        let seg = (wide - ox).min(q + width - j);
+        if ox < wo {
+            let n = seg.min(wo - ox);
+            let at = shared.out_index(j);
+            let dst = &mut out[at - out0..][..n];
+            dst.copy_from_slice(&tmp[j - q..][..n]);
+            epilogue(shared, dst, at, image, channel);
+        }
+        j += seg;
+    }
+}
+
+/// Bias, activation and shortcut on finished output values `dst` (output pixels from `at`).
+#[inline(always)]
+fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, image: usize, channel: usize) {
+    bias_act(dst, shared.bias[channel], shared.act);
+    if let Some(res) = shared.residual {
+        let start = (image * shared.geo.c2 + channel) * shared.ho * shared.wo + at;
+        let n = dst.len();
+        dst.iter_mut().zip(&res[start..start + n]).for_each(|(v, r)| *v += r);
+    }
+}
+
+/// The register tile: `acc[r] += a[kk][lane0 + r] * b[offsets[kk] ..][..NV vectors]` over
+/// the depth block.
+#[inline(always)]
+fn kernel<S: Simd, const ROWS: usize, const NV: usize>(
+    simd: S,
+    a: &[[f32; PANEL_ROWS]],
+    lane0: usize,
+    b: &[f32],
+    offsets: &[usize],
+    acc: &mut [[S::f32s; NV]; ROWS],
+) {
+    let nr = NV * S::F32_LANES;
+    let mut t = *acc;
+    for (a, &o) in a.iter().zip(offsets) {
+        let a = &a[lane0..lane0 + ROWS];
+        let b = S::as_simd_f32s(&b[o..o + nr]).0;
+        for r in 0..ROWS {
+            let w = simd.splat_f32s(a[r]);
+            for v in 0..NV {
+                t[r][v] = simd.mul_add_e_f32s(w, b[v], t[r][v]);
+            }
+        }
+    }
+    *acc = t;
+}
+
+/// Loads one row of the tile from `src` (`NV` vectors wide, or fewer values at the right edge).
+#[inline(always)]
+fn load<S: Simd, const NV: usize>(simd: S, acc: &mut [S::f32s; NV], src: &[f32]) {
+    match vectors::<S, NV>(src) {
+        Some(v) => *acc = *v,
+        None => {
+            for (v, chunk) in acc.iter_mut().zip(src.chunks(S::F32_LANES)) {
+                *v = simd.partial_load_f32s(chunk);
+            }
+        }
+    }
+}
+
+/// Stores one row of the tile into `dst` (`NV` vectors wide, or fewer values at the right edge).
+#[inline(always)]
+fn store<S: Simd, const NV: usize>(simd: S, acc: &[S::f32s; NV], dst: &mut [f32]) {
+    match vectors_mut::<S, NV>(dst) {
+        Some(v) => *v = *acc,
+        None => {
+            for (v, chunk) in acc.iter().zip(dst.chunks_mut(S::F32_LANES)) {
+                simd.partial_store_f32s(chunk, *v);
+            }
+        }
+    }
+}
+
+/// The first `NV` vectors of `x`, if it has that many values.
+#[inline(always)]
+fn vectors<S: Simd, const NV: usize>(x: &[f32]) -> Option<&[S::f32s; NV]> {
+    pulp::as_arrays::<NV, S::f32s>(S::as_simd_f32s(x).0).0.first()
+}
+
+#[inline(always)]
+fn vectors_mut<S: Simd, const NV: usize>(x: &mut [f32]) -> Option<&mut [S::f32s; NV]> {
+    pulp::as_arrays_mut::<NV, S::f32s>(S::as_mut_simd_f32s(x).0).0.first_mut()
+}
+
+/// Gathers rows `k0 .. k0 + kc` of the implicit im2col matrix, pixels `p0 .. p0 + cols`, into
+/// `block` as micro-panels of `nr = NV * lanes` pixels: `block[(mp * kc + kk) * nr + j]`, zero
+/// past the end. Whole micro-panels are copied as `NV` vectors (inline, no `memcpy` call).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gather<S: Simd, const NV: usize>(
+    shared: &Shared<'_>,
+    image: usize,
+    group: usize,
+    k0: usize,
+    kc: usize,
+    p0: usize,
+    cols: usize,
+    block: &mut [f32],
+) {
+    let nr = NV * S::F32_LANES;
+    let geo = shared.geo;
+    let Geometry { c1, g, k, .. } = geo;
+    let Input { data, base, image_stride, plane_stride, h, w } = shared.input;
+    let wo = shared.wo;
+    let micro_panels = cols.div_ceil(nr);
+    // One row of the im2col matrix over this task's pixels, before it is cut into micro-panels.
+    let mut line = [0f32; MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH];
+    for kk in 0..kc {
+        let row = k0 + kk;
+        let (ci, ky, kx) = (group * (c1 / g) + row / (k * k), row / k % k, row % k);
+        let plane = &data[base + image * image_stride + ci * plane_stride..][..h * w];
+        im2col_row(&mut line[..cols], plane, geo, (h, w), wo, (ky, kx), p0);
+        let line = &line[..cols];
+        for (mp, src) in line.chunks(nr).enumerate() {
+            let dst = &mut block[(mp * kc + kk) * nr..][..nr];
+            match (vectors_mut::<S, NV>(dst), vectors::<S, NV>(src)) {
+                (Some(dst), Some(src)) => *dst = *src,
+                _ => {
+                    dst[..src.len()].copy_from_slice(src);
+                    dst[src.len()..].fill(0.0);
+                }
+            }
+        }
+        debug_assert!(micro_panels == line.len().div_ceil(nr));
+    }
+}
+
+/// Row `(ky, kx)` of one input plane's im2col matrix, output pixels `p0 .. p0 + out.len()`:
+/// `out[t] = plane[oy * s + ky * d - p][ox * s + kx * d - p]` for pixel `p0 + t = (oy, ox)`,
+/// zero where that reads padding. Copied in output-row segments.
+#[inline(always)]
+fn im2col_row(
+    out: &mut [f32],
+    plane: &[f32],
+    geo: Geometry,
+    (h, w): (usize, usize),
+    wo: usize,
+    (ky, kx): (usize, usize),
+    p0: usize,
+) {
+    let Geometry { s, p, d, .. } = geo;
+    let off = (kx * d) as isize - p as isize;
+    let (mut j, end) = (p0, p0 + out.len());
+    let mut t = 0;
+    while j < end {
+        let (oy, ox) = (j / wo, j % wo);
+        let seg = (wo - ox).min(end - j);
+        let out = &mut out[t..t + seg];
+        let iy = (oy * s + ky * d) as isize - p as isize;
+        if iy < 0 || iy >= h as isize {
+            out.fill(0.0);
+        } else {
+            let src = &plane[iy as usize * w..][..w];
+            // Input column of output column `x` is `x * s + off`; valid where in 0..w.
+            let lo = ((-off - (ox * s) as isize).max(0) as usize).div_ceil(s).min(seg);
+            let hi = ((w as isize - off - (ox * s) as isize).max(0) as usize).div_ceil(s).clamp(lo, seg);
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            if lo < hi {
+                let src = &src[(((ox + lo) * s) as isize + off) as usize..];
+                if s == 1 {
+                    out[lo..hi].copy_from_slice(&src[..hi - lo]);
+                } else {
+                    out[lo..hi].iter_mut().zip(src.iter().step_by(s)).for_each(|(o, v)| *o = *v);
+                }
+            }
+        }
+        t += seg;
+        j += seg;
+    }
+}
