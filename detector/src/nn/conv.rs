@@ -49,7 +49,11 @@ pub fn apply_activation(act: Activation, x: &Tensor) -> candle_core::Result<Tens
 /// A 2-D convolution with bias and optional activation, ready to run.
 #[derive(Debug, Clone)]
 pub struct ConvBlock {
-    weight: Tensor,
+    /// The folded weights in Candle's form, for devices and dtypes the CPU kernel does not
+    /// take; None when the CPU kernel holds them (packed), so they are not kept twice.
+    weight: Option<Tensor>,
+    /// `[c2, c1 / g, k, k]`.
+    weight_dims: [usize; 4],
     bias: Tensor,
     stride: usize,
     padding: usize,
@@ -131,7 +135,8 @@ impl ConvBlock {
             None
         };
         Ok(Self {
-            weight,
+            weight_dims: shape.weight_shape(),
+            weight: if cpu.is_some() { None } else { Some(weight) },
             bias,
             cpu,
             stride: shape.s,
@@ -173,7 +178,7 @@ impl ConvBlock {
 
     /// Parameters after folding (weight + bias), as the official fused `model_info` counts them.
     pub fn params(&self) -> usize {
-        self.weight.elem_count() + self.bias.elem_count()
+        self.weight_dims.iter().product::<usize>() + self.bias.elem_count()
     }
 }
 
@@ -185,7 +190,10 @@ impl Module for ConvBlock {
             self.count_macs(&y);
             return Ok(y);
         }
-        let y = x.conv2d(&self.weight, self.padding, self.stride, self.dilation, self.groups)?;
+        let Some(weight) = &self.weight else {
+            candle_core::bail!("conv: loaded for f32 on the CPU, got {:?} on {:?}", x.dtype(), x.device());
+        };
+        let y = x.conv2d(weight, self.padding, self.stride, self.dilation, self.groups)?;
         self.count_macs(&y);
         let y = y.broadcast_add(&self.bias)?;
         match self.act {
@@ -210,7 +218,7 @@ impl ConvBlock {
     fn count_macs(&self, y: &Tensor) {
         MACS.with(|m| {
             if let Some(total) = m.get() {
-                let (_, cin_per_group, kh, kw) = self.weight.dims4().unwrap_or_default();
+                let [_, cin_per_group, kh, kw] = self.weight_dims;
                 m.set(Some(total + (y.elem_count() * cin_per_group * kh * kw) as f64));
             }
         });
