@@ -11,12 +11,13 @@
 //!
 //! - `W` is packed once at load into panels of [`PANEL_ROWS`] output channels (depth-major),
 //!   so the kernel broadcasts one weight per row and step.
-//! - Stride 1 (all 1x1 and 3x3 convolutions but the downsampling ones): the input is copied
-//!   once into zero-padded planes. In "wide" pixel coordinates (the padded row width, so a few
+//! - Stride 1 with a kernel larger than 1x1 (every 3x3 but the downsampling ones): the input
+//!   is copied once into zero-padded planes. In "wide" pixel coordinates (the padded row width, so a few
 //!   junk columns per row) every row of `col` is then a shifted slice of a plane, so the kernel
 //!   reads it in place through a table of per-depth offsets ([`Source::Direct`]).
-//! - Other strides: each task gathers the `DEPTH_BLOCK x NR` slices of `col` it needs into a
-//!   small per-thread buffer ([`gather`]), which stays in cache while every channel panel uses it.
+//! - 1x1 and strided convolutions: each task gathers the `DEPTH_BLOCK x NR` slices of `col` it
+//!   needs into a small per-thread buffer ([`gather`]), which stays in cache while every
+//!   channel panel uses it (for 1x1 these are plain copies of input row segments).
 //! - The kernel keeps a `ROWS x NV` tile of SIMD accumulators in registers (8 x 3 zmm on
 //!   AVX-512, 4 x 3 ymm on AVX2) and is compiled for the widest vectors the CPU has through
 //!   `pulp`'s runtime dispatch (all safe code). Partial sums between depth blocks go to a
@@ -98,12 +99,12 @@ pub(crate) struct Input<'a> {
 /// Where the kernel reads its right-hand side (the im2col matrix) from.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    /// Stride-1 convolutions: every im2col row is a shifted slice of a (zero-padded) input
+    /// Stride-1 convolutions with k > 1: every im2col row is a shifted slice of a (zero-padded) input
     /// plane, read in place. In "wide" pixel coordinates `q = oy * wide + ox` (with `wide` the
     /// padded row width, so `wide - wo` junk columns per row), row `(ci, ky, kx)` at `q` is
     /// `data[plane(ci) + ky * d * wide + kx * d + q]`: a plain matrix product with offsets.
     Direct { data: &'a [f32], base: usize, image_stride: usize, plane_stride: usize },
-    /// Other convolutions: gathered per task into micro-panels (see [`gather`]).
+    /// 1x1 and strided convolutions: gathered per task into micro-panels (see [`gather`]).
     Gathered,
 }
 
@@ -163,7 +164,9 @@ pub(crate) fn conv(
     let (ho, wo) = geo.out_size(input.h, input.w);
     let nr = isa.dispatch(PanelWidth);
     let mut padded = Vec::new();
-    let (source, wide) = if geo.s == 1 {
+    // 1x1 convolutions read their input rows directly while gathering (no padding needed);
+    // a padded copy would only add a pass over the input, which is all they read.
+    let (source, wide) = if geo.s == 1 && geo.k > 1 {
         let (wide, hp) = (input.w + 2 * geo.p, input.h + 2 * geo.p);
         padded = PADDED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
         let plane_stride = spaced_plane(hp * wide);
@@ -562,8 +565,13 @@ fn gather<S: Simd, const NV: usize>(
         let row = k0 + kk;
         let (ci, ky, kx) = (group * (c1 / g) + row / (k * k), row / k % k, row % k);
         let plane = &data[base + image * image_stride + ci * plane_stride..][..h * w];
-        im2col_row(&mut line[..cols], plane, geo, (h, w), wo, (ky, kx), p0);
-        let line = &line[..cols];
+        let line: &[f32] = if k == 1 && geo.s == 1 && geo.p == 0 {
+            // The plane already is this row of `col`.
+            &plane[p0..p0 + cols]
+        } else {
+            im2col_row(&mut line[..cols], plane, geo, (h, w), wo, (ky, kx), p0);
+            &line[..cols]
+        };
         for (mp, src) in line.chunks(nr).enumerate() {
             let dst = &mut block[(mp * kc + kk) * nr..][..nr];
             match (vectors_mut::<S, NV>(dst), vectors::<S, NV>(src)) {
