@@ -72,6 +72,10 @@ impl CpuConv {
     /// `act(conv(x) + bias)`, plus `residual` (same shape as the output) when given: the
     /// shortcut of a bottleneck is added in the same pass as the activation.
     pub fn forward(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        // The kernel reads whole rows and takes any plane and image strides (channel slices of
+        // a larger tensor are read in place); anything else is made contiguous first.
+        let rows_contiguous = x.rank() == 4 && x.stride()[3] == 1 && x.stride()[2] == x.dims()[3];
+        let x = if rows_contiguous { x.clone() } else { x.contiguous()? };
         let op = ConvOp { conv: self, isa: Isa::Native };
         match residual {
             None => x.apply_op1_no_bwd(&op),
@@ -287,6 +291,21 @@ mod tests {
         let want = (conv.forward(&x, None).unwrap() + &x).unwrap();
         let diff = (ours - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    /// An input whose rows are not contiguous (here a transposed one) is copied first.
+    #[test]
+    fn takes_inputs_with_any_layout() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 8, 7, 6), &dev).unwrap();
+        let xt = x.transpose(2, 3).unwrap();
+        let wt = Tensor::randn(0f32, 0.3, (4, 8, 3, 3), &dev).unwrap();
+        let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        let geo = Geometry { c1: 8, c2: 4, k: 3, s: 1, p: 1, d: 1, g: 1 };
+        let ours = CpuConv::new(&wt, &b, geo, None).unwrap().forward(&xt, None).unwrap();
+        let want = xt.contiguous().unwrap().conv2d(&wt, 1, 1, 1, 1).unwrap();
+        let diff = (ours - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
 
     /// A channel slice of a tensor (what `chunk` gives the ELAN branches) is read in place.
