@@ -558,7 +558,6 @@ fn gather<S: Simd, const NV: usize>(
     let Geometry { c1, g, k, .. } = geo;
     let Input { data, base, image_stride, plane_stride, h, w } = shared.input;
     let wo = shared.wo;
-    let micro_panels = cols.div_ceil(nr);
     // One row of the im2col matrix over this task's pixels, before it is cut into micro-panels.
     let mut line = [0f32; MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH];
     for kk in 0..kc {
@@ -582,7 +581,6 @@ fn gather<S: Simd, const NV: usize>(
                 }
             }
         }
-        debug_assert!(micro_panels == line.len().div_ceil(nr));
     }
 }
 
