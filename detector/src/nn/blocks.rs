@@ -159,7 +159,7 @@ impl Module for RepNCsp {
             a = b.forward(&a)?;
         }
         let b = self.cv2.forward(x)?;
-        self.cv3.forward(&Tensor::cat(&[a, b], 1)?)
+        self.cv3.forward_cat(&[&a, &b])
     }
 }
 
@@ -247,7 +247,7 @@ impl Module for Elan {
         let (a, b) = chunk2(&y)?;
         let c = self.cv2.forward(&b)?;
         let d = self.cv3.forward(&c)?;
-        self.cv4.forward(&Tensor::cat(&[a, b, c, d], 1)?)
+        self.cv4.forward_cat(&[&a, &b, &c, &d])
     }
 }
 
@@ -280,7 +280,7 @@ impl Module for SppElan {
         let y1 = max_pool(&y0, 5, 1, 2)?;
         let y2 = max_pool(&y1, 5, 1, 2)?;
         let y3 = max_pool(&y2, 5, 1, 2)?;
-        self.cv5.forward(&Tensor::cat(&[y0, y1, y2, y3], 1)?)
+        self.cv5.forward_cat(&[&y0, &y1, &y2, &y3])
     }
 }
 
@@ -327,9 +327,9 @@ impl Module for SppCspc {
         for &k in &self.k {
             parts.push(max_pool(&x1, k, 1, k / 2)?);
         }
-        let y1 = cv6.forward(&cv5.forward(&Tensor::cat(&parts, 1)?)?)?;
+        let y1 = cv6.forward(&cv5.forward_cat(&parts.iter().collect::<Vec<_>>())?)?;
         let y2 = cv2.forward(x)?;
-        cv7.forward(&Tensor::cat(&[y1, y2], 1)?)
+        cv7.forward_cat(&[&y1, &y2])
     }
 }
 

@@ -186,7 +186,7 @@ impl Module for ConvBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
         if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x)) {
-            let y = fast.forward(x, None)?;
+            let y = fast.forward(&[x], None)?;
             self.count_macs(&y);
             return Ok(y);
         }
@@ -208,11 +208,22 @@ impl ConvBlock {
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x) && CpuConv::accepts(residual)) {
             let _enter = self.span.enter();
-            let y = fast.forward(x, Some(residual))?;
+            let y = fast.forward(&[x], Some(residual))?;
             self.count_macs(&y);
             return Ok(y);
         }
         self.forward(x)? + residual
+    }
+
+    /// `forward(cat(parts, 1))`; on the CPU the parts are read in place, without the copy.
+    pub fn forward_cat(&self, parts: &[&Tensor]) -> candle_core::Result<Tensor> {
+        if let Some(fast) = self.cpu.as_ref().filter(|_| parts.iter().all(|x| CpuConv::accepts(x))) {
+            let _enter = self.span.enter();
+            let y = fast.forward(parts, None)?;
+            self.count_macs(&y);
+            return Ok(y);
+        }
+        self.forward(&Tensor::cat(parts, 1)?)
     }
 
     fn count_macs(&self, y: &Tensor) {

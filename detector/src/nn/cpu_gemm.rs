@@ -11,11 +11,12 @@
 //!
 //! - `W` is packed once at load into panels of [`PANEL_ROWS`] output channels (depth-major),
 //!   so the kernel broadcasts one weight per row and step.
-//! - Stride 1 with a kernel larger than 1x1 (every 3x3 but the downsampling ones): the input
-//!   is copied once into zero-padded planes. In "wide" pixel coordinates (the padded row width, so a few
-//!   junk columns per row) every row of `col` is then a shifted slice of a plane, so the kernel
-//!   reads it in place through a table of per-depth offsets ([`Source::Direct`]).
-//! - 1x1 and strided convolutions: each task gathers the `DEPTH_BLOCK x NR` slices of `col` it
+//! - Kernels larger than 1x1 with stride 1 or 2 (every 3x3 of these models): the input is
+//!   copied once into zero-padded planes, split by stride phase when the stride is 2 (even and
+//!   odd rows and columns apart). In "wide" pixel coordinates (the row width of those planes,
+//!   so a few junk columns per row) every row of `col` is then a shifted slice of a plane, so
+//!   the kernel reads it in place through a table of per-depth offsets ([`Source::Direct`]).
+//! - 1x1 convolutions (and other strides): each task gathers the `DEPTH_BLOCK x NR` slices of `col` it
 //!   needs into a small per-thread buffer ([`gather`]), which stays in cache while every
 //!   channel panel uses it (for 1x1 these are plain copies of input row segments).
 //! - The kernel keeps a `ROWS x NV` tile of SIMD accumulators in registers (8 x 3 zmm on
@@ -33,7 +34,7 @@ use std::cell::RefCell;
 use pulp::Simd;
 use rayon::prelude::*;
 
-use super::cpu_conv::{Geometry, bias_act};
+use super::cpu_conv::{Geometry, bias_act, bias_act_vec};
 use crate::spec::Activation;
 
 /// Output channels per packed weight panel.
@@ -85,26 +86,52 @@ impl PackedWeights {
     }
 }
 
-/// One NCHW f32 input batch: rows contiguous, planes `plane_stride` apart.
+/// One NCHW f32 input batch of `h x w` planes, made of channel parts (the tensors a `cat`
+/// would have joined; reading them in place saves that copy).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Input<'a> {
+    pub parts: &'a [Part<'a>],
+    pub h: usize,
+    pub w: usize,
+}
+
+/// `channels` planes of an NCHW f32 tensor: rows contiguous, planes `plane_stride` apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part<'a> {
     pub data: &'a [f32],
     pub base: usize,
     pub image_stride: usize,
     pub plane_stride: usize,
-    pub h: usize,
-    pub w: usize,
+    pub channels: usize,
+}
+
+impl Input<'_> {
+    /// The `h x w` plane of input channel `channel` of image `image`.
+    fn plane(&self, image: usize, mut channel: usize) -> &[f32] {
+        for part in self.parts {
+            if channel < part.channels {
+                return &part.data[part.base + image * part.image_stride + channel * part.plane_stride..]
+                    [..self.h * self.w];
+            }
+            channel -= part.channels;
+        }
+        panic!("input channel out of range")
+    }
 }
 
 /// Where the kernel reads its right-hand side (the im2col matrix) from.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    /// Stride-1 convolutions with k > 1: every im2col row is a shifted slice of a (zero-padded) input
-    /// plane, read in place. In "wide" pixel coordinates `q = oy * wide + ox` (with `wide` the
-    /// padded row width, so `wide - wo` junk columns per row), row `(ci, ky, kx)` at `q` is
-    /// `data[plane(ci) + ky * d * wide + kx * d + q]`: a plain matrix product with offsets.
+    /// Convolutions with k > 1 and stride `s` of 1 or 2: the zero-padded input is split into
+    /// `s * s` phase planes per channel, phase `(py, px)` holding padded pixels
+    /// `(s * i + py, s * j + px)` (for stride 1 just the padded plane). In "wide" pixel
+    /// coordinates `q = oy * wide + ox` (with `wide` the phase planes' row width, so
+    /// `wide - wo` junk columns per row), row `(ci, ky, kx)` at `q` is then
+    /// `data[plane(ci, (ky d % s, kx d % s)) + (ky d / s) * wide + kx d / s + q]`: a plain
+    /// matrix product with offsets.
     Direct { data: &'a [f32], base: usize, image_stride: usize, plane_stride: usize },
-    /// 1x1 and strided convolutions: gathered per task into micro-panels (see [`gather`]).
+    /// 1x1 convolutions (and strides above 2): gathered per task into micro-panels (see
+    /// [`gather`]).
     Gathered,
 }
 
@@ -166,14 +193,16 @@ pub(crate) fn conv(
     let mut padded = Vec::new();
     // 1x1 convolutions read their input rows directly while gathering (no padding needed);
     // a padded copy would only add a pass over the input, which is all they read.
-    let (source, wide) = if geo.s == 1 && geo.k > 1 {
-        let (wide, hp) = (input.w + 2 * geo.p, input.h + 2 * geo.p);
+    let (source, wide) = if geo.k > 1 && geo.s <= 2 {
+        let s = geo.s;
+        let (hp, wp) = (input.h + 2 * geo.p, input.w + 2 * geo.p);
+        let wide = wp.div_ceil(s);
         padded = PADDED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-        let plane_stride = spaced_plane(hp * wide);
+        let plane_stride = spaced_plane(hp.div_ceil(s) * wide);
         // Reads go up to one micro-panel past the last real pixel of the last plane.
-        pad(&input, batch, geo.c1, geo.p, plane_stride, &mut padded, nr + wide);
-        let source = Source::Direct { data: &padded, base: 0, image_stride: geo.c1 * plane_stride, plane_stride };
-        (source, wide)
+        pad(&input, batch, geo.c1, (geo.p, s), plane_stride, &mut padded, nr + wide);
+        let image_stride = geo.c1 * s * s * plane_stride;
+        (Source::Direct { data: &padded, base: 0, image_stride, plane_stride }, wide)
     } else {
         (Source::Gathered, wo)
     };
@@ -236,25 +265,66 @@ fn spaced_plane(len: usize) -> usize {
 }
 
 /// Copies the `c1` planes of every image into `dst`, `plane_stride` apart, with `p` zeros
-/// around each and `slack` zeros at the end (the kernel reads whole micro-panels).
-fn pad(input: &Input<'_>, batch: usize, c1: usize, p: usize, plane_stride: usize, dst: &mut Vec<f32>, slack: usize) {
-    let Input { data, base, image_stride, plane_stride: src_stride, h, w } = *input;
+/// around each and `slack` zeros at the end (the kernel reads whole micro-panels). The stride
+/// `s` is 1 or 2; with 2 each padded plane is stored as its four phase planes (see
+/// [`Source::Direct`]).
+fn pad(
+    input: &Input<'_>,
+    batch: usize,
+    c1: usize,
+    (p, s): (usize, usize),
+    plane_stride: usize,
+    dst: &mut Vec<f32>,
+    slack: usize,
+) {
+    let (h, w) = (input.h, input.w);
     let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let len = batch * c1 * plane_stride;
+    let len = batch * c1 * s * s * plane_stride;
     dst.resize(len + slack, 0.0);
     let (planes, tail) = dst.split_at_mut(len);
     tail.fill(0.0);
-    planes.par_chunks_mut(plane_stride).enumerate().for_each(|(i, plane)| {
-        let src = &data[base + i / c1 * image_stride + i % c1 * src_stride..][..h * w];
-        let plane = &mut plane[..hp * wp];
-        plane[..p * wp].fill(0.0);
-        plane[(p + h) * wp..].fill(0.0);
-        for (dst, src) in plane[p * wp..(p + h) * wp].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
-            dst[..p].fill(0.0);
-            dst[p..p + w].copy_from_slice(src);
-            dst[p + w..].fill(0.0);
+    planes.par_chunks_mut(s * s * plane_stride).enumerate().for_each(|(i, phases)| {
+        let src = input.plane(i / c1, i % c1);
+        if s == 1 {
+            let plane = &mut phases[..hp * wp];
+            plane[..p * wp].fill(0.0);
+            plane[(p + h) * wp..].fill(0.0);
+            for (dst, src) in plane[p * wp..(p + h) * wp].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
+                dst[..p].fill(0.0);
+                dst[p..p + w].copy_from_slice(src);
+                dst[p + w..].fill(0.0);
+            }
+            return;
+        }
+        // Stride 2: even and odd padded rows and columns go to four phase planes.
+        let (ph, pw) = (hp.div_ceil(2), wp.div_ceil(2));
+        for phase in phases.chunks_exact_mut(plane_stride) {
+            phase[..ph * pw].fill(0.0);
+        }
+        for (y, row) in src.chunks_exact(w).enumerate() {
+            let (py, iy) = ((y + p) % 2, (y + p) / 2);
+            let (even, odd) = phases[2 * py * plane_stride..].split_at_mut(plane_stride);
+            let (even, odd) = (&mut even[iy * pw..][..pw], &mut odd[iy * pw..][..pw]);
+            // Input column x is padded column x + p; even padded columns go to the even plane.
+            if p % 2 == 0 {
+                deinterleave(row, &mut even[p / 2..], &mut odd[p / 2..]);
+            } else {
+                deinterleave(row, &mut odd[p / 2..], &mut even[p.div_ceil(2)..]);
+            }
         }
     });
+}
+
+/// `even[i] = row[2 i]`, `odd[i] = row[2 i + 1]`.
+fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let pairs = row.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        even[row.len() / 2] = *last;
+    }
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+        *e = pair[0];
+        *o = pair[1];
+    }
 }
 
 /// Which SIMD flavour the kernel runs with.
@@ -361,10 +431,12 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
         let b_all: &[f32] = match shared.source {
             Source::Direct { data, base, image_stride, plane_stride } => {
                 let image = base + task.image * image_stride;
+                let s = shared.geo.s;
                 for (kk, o) in offsets.iter_mut().enumerate() {
                     let row = k0 + kk;
-                    let (ci, ky, kx) = (task.group * (c1 / g) + row / (k * k), row / k % k, row % k);
-                    *o = image + ci * plane_stride + ky * d * shared.wide + kx * d;
+                    let (ci, dy, dx) = (task.group * (c1 / g) + row / (k * k), row / k % k * d, row % k * d);
+                    let phase = (dy % s) * s + dx % s;
+                    *o = image + (ci * s * s + phase) * plane_stride + dy / s * shared.wide + dx / s;
                 }
                 data
             }
@@ -423,8 +495,9 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
 }
 
 /// Writes one finished tile row (wide pixels `q .. q + width`) into the output row `out`
-/// (which starts at output pixel `out0`), dropping junk columns, then applies bias,
-/// activation and the shortcut there while it is in L1.
+/// (which starts at output pixel `out0`), dropping junk columns. Bias and activation are
+/// applied in registers where they can be (else after the store, while the row is in L1),
+/// then the shortcut is added.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn finish<S: Simd, const NV: usize>(
@@ -439,12 +512,27 @@ fn finish<S: Simd, const NV: usize>(
     channel: usize,
 ) {
     let (wide, wo) = (shared.wide, shared.wo);
+    let activated = bias_act_vec(simd, acc, shared.bias[channel], shared.act);
+    let (acc, in_registers) = match &activated {
+        Some(done) => (done, true),
+        None => (acc, false),
+    };
+    let epilogue = |dst: &mut [f32], at: usize| {
+        if !in_registers {
+            bias_act(dst, shared.bias[channel], shared.act);
+        }
+        if let Some(res) = shared.residual {
+            let start = (image * shared.geo.c2 + channel) * shared.ho * shared.wo + at;
+            let n = dst.len();
+            dst.iter_mut().zip(&res[start..start + n]).for_each(|(v, r)| *v += r);
+        }
+    };
     if wide == wo || q % wide + width <= wo {
         // The tile row is one run of real pixels.
         let at = shared.out_index(q);
         let dst = &mut out[at - out0..][..width];
         store::<S, NV>(simd, acc, dst);
-        epilogue(shared, dst, at, image, channel);
+        epilogue(dst, at);
         return;
     }
     let mut tmp = [0f32; MAX_PANEL_WIDTH];
@@ -458,20 +546,9 @@ fn finish<S: Simd, const NV: usize>(
             let at = shared.out_index(j);
             let dst = &mut out[at - out0..][..n];
             dst.copy_from_slice(&tmp[j - q..][..n]);
-            epilogue(shared, dst, at, image, channel);
+            epilogue(dst, at);
         }
         j += seg;
-    }
-}
-
-/// Bias, activation and shortcut on finished output values `dst` (output pixels from `at`).
-#[inline(always)]
-fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, image: usize, channel: usize) {
-    bias_act(dst, shared.bias[channel], shared.act);
-    if let Some(res) = shared.residual {
-        let start = (image * shared.geo.c2 + channel) * shared.ho * shared.wo + at;
-        let n = dst.len();
-        dst.iter_mut().zip(&res[start..start + n]).for_each(|(v, r)| *v += r);
     }
 }
 
@@ -556,14 +633,14 @@ fn gather<S: Simd, const NV: usize>(
     let nr = NV * S::F32_LANES;
     let geo = shared.geo;
     let Geometry { c1, g, k, .. } = geo;
-    let Input { data, base, image_stride, plane_stride, h, w } = shared.input;
+    let (h, w) = (shared.input.h, shared.input.w);
     let wo = shared.wo;
     // One row of the im2col matrix over this task's pixels, before it is cut into micro-panels.
     let mut line = [0f32; MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH];
     for kk in 0..kc {
         let row = k0 + kk;
         let (ci, ky, kx) = (group * (c1 / g) + row / (k * k), row / k % k, row % k);
-        let plane = &data[base + image * image_stride + ci * plane_stride..][..h * w];
+        let plane = shared.input.plane(image, ci);
         let line: &[f32] = if k == 1 && geo.s == 1 && geo.p == 0 {
             // The plane already is this row of `col`.
             &plane[p0..p0 + cols]
