@@ -231,7 +231,7 @@ const EXP_POLY: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 
 /// |r| <= ln2 / 2, a degree-7 Taylor polynomial for `e^r`, and `2^n` built from its bits.
 /// Only float and wrapping integer arithmetic (no saturating `as` casts), so it vectorises.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::conv::{ConvBlock, ConvShape, LoadCtx};
+use super::cpu_decode;
 use crate::error::Result;
 use crate::spec::HeadKind;
 use crate::weights::Weights;
@@ -25,6 +26,8 @@ struct Branch {
     cls_convs: Vec<[ConvBlock; 3]>,
     /// DFL projection weights (0..15 in official files), shape (16, 1), f32 (decoding runs in f32).
     dfl: Tensor,
+    /// The same bin values on the host, for the CPU decoder.
+    dfl_values: Vec<f32>,
 }
 
 impl Branch {
@@ -54,7 +57,8 @@ impl Branch {
         }
         let dfl = w.pp(dfl_name).pp("conv").get("weight", &[1, REG_MAX, 1, 1])?;
         let dfl = dfl.reshape((REG_MAX, 1))?.to_device(&ctx.device)?.to_dtype(DType::F32)?;
-        Ok(Self { box_convs, cls_convs, dfl })
+        let dfl_values = dfl.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self { box_convs, cls_convs, dfl, dfl_values })
     }
 
     fn params(&self) -> usize {
@@ -80,10 +84,18 @@ pub struct Head {
 }
 
 /// Output of the head: `pred` (batch, 4 + nc, anchors) = cx, cy, w, h in input pixels, then
-/// class scores after the sigmoid; and the raw maps per level (batch, 64 + nc, h, w).
+/// class scores after the sigmoid; and per level the raw box and class maps.
 pub struct HeadOutput {
     pub pred: Tensor,
-    pub raw: Vec<Tensor>,
+    /// Per level: (batch, 64, h, w) distance bins and (batch, nc, h, w) class logits.
+    pub levels: Vec<(Tensor, Tensor)>,
+}
+
+impl HeadOutput {
+    /// The raw maps per level as the official head returns them: (batch, 64 + nc, h, w).
+    pub fn raw(&self) -> candle_core::Result<Vec<Tensor>> {
+        self.levels.iter().map(|(bx, cl)| Tensor::cat(&[bx, cl], 1)).collect()
+    }
 }
 
 impl Head {
@@ -175,11 +187,7 @@ impl Head {
     /// `xs` are the inputs of the inference branch, one per level.
     pub fn forward(&self, xs: &[&Tensor]) -> candle_core::Result<HeadOutput> {
         let _enter = self.span.enter();
-        let no = self.nc + 4 * REG_MAX;
-        let mut raw = Vec::with_capacity(xs.len());
-        let mut flat = Vec::with_capacity(xs.len());
-        let mut sizes = Vec::with_capacity(xs.len());
-        let b = xs.first().map(|x| x.dim(0)).transpose()?.unwrap_or(1);
+        let mut levels = Vec::with_capacity(xs.len());
         for (l, x) in xs.iter().enumerate() {
             let mut bx = (*x).clone();
             for c in &self.branch.box_convs[l] {
@@ -189,12 +197,32 @@ impl Head {
             for c in &self.branch.cls_convs[l] {
                 cl = c.forward(&cl)?;
             }
-            let map = Tensor::cat(&[bx, cl], 1)?;
-            let (_, _, h, w) = map.dims4()?;
-            sizes.push((h, w));
-            flat.push(map.reshape((b, no, h * w))?);
-            raw.push(map);
+            levels.push((bx, cl));
         }
+        let fast: Vec<_> = levels
+            .iter()
+            .zip(&self.strides)
+            .map(|((boxes, classes), &stride)| cpu_decode::Level { boxes, classes, stride })
+            .collect();
+        let pred = if cpu_decode::accepts(&fast) {
+            cpu_decode::decode(&fast, &self.branch.dfl_values)?
+        } else {
+            self.decode(&levels)?
+        };
+        Ok(HeadOutput { pred, levels })
+    }
+
+    /// [`cpu_decode::decode`] as Candle ops, for GPUs and other dtypes.
+    fn decode(&self, levels: &[(Tensor, Tensor)]) -> candle_core::Result<Tensor> {
+        let no = self.nc + 4 * REG_MAX;
+        let mut flat = Vec::with_capacity(levels.len());
+        let mut sizes = Vec::with_capacity(levels.len());
+        for (bx, cl) in levels {
+            let (b, _, h, w) = bx.dims4()?;
+            sizes.push((h, w));
+            flat.push(Tensor::cat(&[bx, cl], 1)?.reshape((b, no, h * w))?);
+        }
+        let b = flat.first().map(|x| x.dim(0)).transpose()?.unwrap_or(1);
         // Decoding (DFL softmax, anchors, sigmoid) runs in f32 whatever the network's precision:
         // box corners up to 640 px need more than f16's 11 and bf16's 8 bits of mantissa.
         let all = Tensor::cat(&flat, 2)?.to_dtype(DType::F32)?;
@@ -213,7 +241,55 @@ impl Head {
         let centre = ((&x1y1 + &x2y2)? / 2.0)?;
         let wh = (x2y2 - x1y1)?;
         let dbox = Tensor::cat(&[centre, wh], 1)?.broadcast_mul(&strides)?;
-        let pred = Tensor::cat(&[dbox, candle_nn::ops::sigmoid(&cls)?], 1)?;
-        Ok(HeadOutput { pred, raw })
+        Tensor::cat(&[dbox, candle_nn::ops::sigmoid(&cls)?], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The CPU decoder and the Candle ops (the GPU path) decode the same maps alike.
+    #[test]
+    fn cpu_decoder_matches_the_candle_ops() {
+        let dev = Device::Cpu;
+        let nc = 3;
+        let dfl = Tensor::arange(0f32, REG_MAX as f32, &dev).unwrap().reshape((REG_MAX, 1)).unwrap();
+        let head = Head {
+            kind: HeadKind::DDetect,
+            nc,
+            strides: vec![8, 16],
+            branch: Branch {
+                box_convs: vec![],
+                cls_convs: vec![],
+                dfl_values: dfl.flatten_all().unwrap().to_vec1().unwrap(),
+                dfl,
+            },
+            input_offset: 0,
+            anchors: Mutex::new(None),
+            span: tracing::Span::none(),
+        };
+        // Non-square levels, so that swapped x and y would show; batch 2.
+        let levels: Vec<(Tensor, Tensor)> = [(4, 5), (2, 3)]
+            .iter()
+            .map(|&(h, w)| {
+                let boxes = Tensor::randn(0f32, 3., (2, 4 * REG_MAX, h, w), &dev).unwrap();
+                (boxes, Tensor::randn(0f32, 3., (2, nc, h, w), &dev).unwrap())
+            })
+            .collect();
+        let want = head.decode(&levels).unwrap();
+        let fast: Vec<_> = levels
+            .iter()
+            .zip(&head.strides)
+            .map(|((boxes, classes), &stride)| cpu_decode::Level { boxes, classes, stride })
+            .collect();
+        assert!(cpu_decode::accepts(&fast));
+        let got = cpu_decode::decode(&fast, &head.branch.dfl_values).unwrap();
+        assert_eq!(got.dims(), &[2, 4 + nc, 26]);
+        assert_eq!(got.dims(), want.dims());
+        let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
     }
 }

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod conv;
 mod cpu_conv;
+mod cpu_decode;
 mod cpu_gemm;
 mod cpu_pool;
 pub mod head;

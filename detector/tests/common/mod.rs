@@ -108,7 +108,7 @@ pub fn check_tiny(model: &str, file: &Path, options: &DetectorOptions) -> TinyRe
             }
         }
     }
-    for (l, raw) in out.raw.iter().enumerate() {
+    for (l, raw) in out.raw().expect("raw maps").iter().enumerate() {
         let name = if head_kind == "DualDDetect" {
             format!("layer.{head_index}.1.1.{l}")
         } else {
