@@ -42,6 +42,7 @@ pub(crate) const PANEL_ROWS: usize = 8;
 /// Most depth (input channel x kernel tap) per block: the `DEPTH_BLOCK x NR` slice of `col`
 /// a micro-panel reads (24 KiB on AVX-512) stays in L1 while all channel panels use it.
 const DEPTH_BLOCK: usize = 128;
+const DIRECT_DEPTH_BLOCK: usize = 288;
 /// Most pixel micro-panels per task: bounds the per-thread buffers (~100 KiB per 128 rows).
 const MAX_PANELS_PER_TASK: usize = 4;
 /// Widest micro-panel of any SIMD flavour (48 pixels on AVX-512).
@@ -223,20 +224,17 @@ pub(crate) fn conv(
     // Output pixel ranges of the pixel blocks.
     let cuts: Vec<usize> = (0..pixel_blocks).map(|i| shared.out_index(i * block_cols)).chain([ho * wo]).collect();
 
-    let mut tasks: Vec<Task<'_>> = Vec::new();
+    let mut tasks: Vec<Task<'_>> =
+        Vec::with_capacity(batch * weights.groups * panels.div_ceil(panels_per_block) * pixel_blocks);
     for (image, out) in out.chunks_exact_mut(geo.c2 * ho * wo).enumerate().take(batch) {
         for (group, out) in out.chunks_exact_mut(weights.rows * ho * wo).enumerate() {
             let first = tasks.len();
             for block in 0..panels.div_ceil(panels_per_block) {
                 for col in (0..pixels).step_by(block_cols) {
                     let end = (col + block_cols).min(pixels);
-                    tasks.push(Task {
-                        image,
-                        group,
-                        first_panel: block * panels_per_block,
-                        rows: Vec::new(),
-                        pixels: (col, end),
-                    });
+                    let first_panel = block * panels_per_block;
+                    let rows = (weights.rows - first_panel * PANEL_ROWS).min(panels_per_block * PANEL_ROWS);
+                    tasks.push(Task { image, group, first_panel, rows: Vec::with_capacity(rows), pixels: (col, end) });
                 }
             }
             // Hand each task its row segments.
@@ -280,8 +278,13 @@ fn pad(
     let (h, w) = (input.h, input.w);
     let (hp, wp) = (h + 2 * p, w + 2 * p);
     let len = batch * c1 * s * s * plane_stride;
-    dst.resize(len + slack, 0.0);
-    let (planes, tail) = dst.split_at_mut(len);
+    // Never shrunk: growing it again would zero-fill on this (the calling) thread. What the
+    // real pixels read is all written below; stale values between planes only reach junk
+    // columns, which are dropped.
+    if dst.len() < len + slack {
+        dst.resize(len + slack, 0.0);
+    }
+    let (planes, tail) = dst[..len + slack].split_at_mut(len);
     tail.fill(0.0);
     planes.par_chunks_mut(s * s * plane_stride).enumerate().for_each(|(i, phases)| {
         let src = input.plane(i / c1, i % c1);
@@ -417,14 +420,15 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     // compiled with the dispatched target features, and nor would the kernel inlined in it.
     let (mut block, mut sums) = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
     // Equal depth blocks of at most DEPTH_BLOCK (288 = 3 x 96, not 128 + 128 + 32).
-    let block_depth = depth.div_ceil(depth.div_ceil(DEPTH_BLOCK));
+    let limit = if matches!(shared.source, Source::Direct { .. }) { DIRECT_DEPTH_BLOCK } else { DEPTH_BLOCK };
+    let block_depth = depth.div_ceil(depth.div_ceil(limit));
     if matches!(shared.source, Source::Gathered) && block.len() < block_depth * micro_panels * nr {
         block.resize(block_depth * micro_panels * nr, 0.0);
     }
     if block_depth < depth && sums.len() < rows * micro_panels * nr {
         sums.resize(rows * micro_panels * nr, 0.0);
     }
-    let mut offsets = [0usize; DEPTH_BLOCK];
+    let mut offsets = [0usize; DIRECT_DEPTH_BLOCK];
     for k0 in (0..depth).step_by(block_depth) {
         let kc = block_depth.min(depth - k0);
         let offsets = &mut offsets[..kc];
@@ -517,22 +521,13 @@ fn finish<S: Simd, const NV: usize>(
         Some(done) => (done, true),
         None => (acc, false),
     };
-    let epilogue = |dst: &mut [f32], at: usize| {
-        if !in_registers {
-            bias_act(dst, shared.bias[channel], shared.act);
-        }
-        if let Some(res) = shared.residual {
-            let start = (image * shared.geo.c2 + channel) * shared.ho * shared.wo + at;
-            let n = dst.len();
-            dst.iter_mut().zip(&res[start..start + n]).for_each(|(v, r)| *v += r);
-        }
-    };
+    let at_channel = (image * shared.geo.c2 + channel) * shared.ho * shared.wo;
     if wide == wo || q % wide + width <= wo {
         // The tile row is one run of real pixels.
         let at = shared.out_index(q);
         let dst = &mut out[at - out0..][..width];
         store::<S, NV>(simd, acc, dst);
-        epilogue(dst, at);
+        epilogue(shared, dst, at_channel + at, channel, in_registers);
         return;
     }
     let mut tmp = [0f32; MAX_PANEL_WIDTH];
@@ -546,9 +541,23 @@ fn finish<S: Simd, const NV: usize>(
             let at = shared.out_index(j);
             let dst = &mut out[at - out0..][..n];
             dst.copy_from_slice(&tmp[j - q..][..n]);
-            epilogue(dst, at);
+            epilogue(shared, dst, at_channel + at, channel, in_registers);
         }
         j += seg;
+    }
+}
+
+/// Bias and activation unless already `in_registers`, then the shortcut, on stored output
+/// values `dst` (flat output index `at` onwards). A function rather than a closure so that it
+/// is compiled with the dispatched SIMD features.
+#[inline(always)]
+fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, channel: usize, in_registers: bool) {
+    if !in_registers {
+        bias_act(dst, shared.bias[channel], shared.act);
+    }
+    if let Some(res) = shared.residual {
+        let n = dst.len();
+        dst.iter_mut().zip(&res[at..at + n]).for_each(|(v, r)| *v += r);
     }
 }
 
