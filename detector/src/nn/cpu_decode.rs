@@ -4,7 +4,7 @@
 //!
 //! Why: as a chain of Candle ops (cat, transpose copy, softmax, matmul, cat, sigmoid) it ran on
 //! one thread and took 10–14 ms of a 260 ms gelan-s pass at 640; the same arithmetic here reads
-//! each map once and uses both cores.
+//! each map once, writes no intermediate tensors and uses all threads.
 
 use candle_core::{CpuStorage, Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
@@ -53,13 +53,16 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
 
     let rows = 4 + nc;
     let mut out = vec![0f32; b * rows * n];
+    // Rows 0..4 of each image first hold the expected distance to the left, top, right and
+    // bottom side of every anchor (each side's softmax computed once), the others the class
+    // probabilities; then the distances become boxes in place.
     out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
         let (image, r) = (i / rows, i % rows);
         let mut at = 0;
         for level in &levels_data {
             let dst = &mut row[at..at + level.len];
             if r < 4 {
-                box_row(level, image, r, dfl, dst);
+                distances(level, image, r, dfl, dst);
             } else {
                 let src = &level.classes[(image * nc + r - 4) * level.len..][..level.len];
                 dst.iter_mut().zip(src).for_each(|(d, &x)| *d = 1.0 / (1.0 + exp(-x)));
@@ -67,7 +70,30 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
             at += level.len;
         }
     });
+    out.par_chunks_mut(rows * n).for_each(|image| {
+        let (lt, rb) = image[..4 * n].split_at_mut(2 * n);
+        let mut at = 0;
+        for level in &levels_data {
+            for q in 0..level.len {
+                let anchor = [(q % level.w) as f32 + 0.5, (q / level.w) as f32 + 0.5];
+                for (axis, a) in anchor.into_iter().enumerate() {
+                    let j = axis * n + at + q;
+                    to_box(a, level.stride, &mut lt[j], &mut rb[j]);
+                }
+            }
+            at += level.len;
+        }
+    });
     Tensor::from_vec(out, (b, rows, n), &Device::Cpu)
+}
+
+/// As the official `dist2bbox`, on one axis: the distances `near` (left or top) and `far` of an
+/// anchor at `a` become the centre and the size, times the stride: `x1 = a - near`,
+/// `x2 = a + far`, centre `(x1 + x2) / 2`, size `x2 - x1`.
+fn to_box(a: f32, stride: f32, near: &mut f32, far: &mut f32) {
+    let (x1, x2) = (a - *near, a + *far);
+    *near = (x1 + x2) / 2.0 * stride;
+    *far = (x2 - x1) * stride;
 }
 
 /// The f32 values of a contiguous CPU tensor's storage.
@@ -85,22 +111,6 @@ struct LevelData<'a> {
     len: usize,
     w: usize,
     stride: f32,
-}
-
-/// Output row `r` (0: centre x, 1: centre y, 2: width, 3: height) of one level, as the official
-/// `dist2bbox`: `x1 = a - lt`, `x2 = a + rb`, centre `(x1 + x2) / 2`, size `x2 - x1`, times the
-/// stride.
-fn box_row(level: &LevelData<'_>, image: usize, r: usize, dfl: &[f32], dst: &mut [f32]) {
-    let axis = r % 2;
-    let mut near = vec![0f32; level.len];
-    let mut far = vec![0f32; level.len];
-    distances(level, image, axis, dfl, &mut near);
-    distances(level, image, axis + 2, dfl, &mut far);
-    for (q, ((d, lt), rb)) in dst.iter_mut().zip(&near).zip(&far).enumerate() {
-        let a = if axis == 0 { (q % level.w) as f32 + 0.5 } else { (q / level.w) as f32 + 0.5 };
-        let (x1, x2) = (a - lt, a + rb);
-        *d = if r < 2 { (x1 + x2) / 2.0 } else { x2 - x1 } * level.stride;
-    }
 }
 
 /// The expected distance on `side` (0 left, 1 top, 2 right, 3 bottom) for every anchor:

@@ -20,11 +20,14 @@
 //!   needs into a small per-thread buffer ([`gather`]), which stays in cache while every
 //!   channel panel uses it (for 1x1 these are plain copies of input row segments).
 //! - The kernel keeps a `ROWS x NV` tile of SIMD accumulators in registers (8 x 3 zmm on
-//!   AVX-512, 4 x 3 ymm on AVX2) and is compiled for the widest vectors the CPU has through
-//!   `pulp`'s runtime dispatch (all safe code). Partial sums between depth blocks go to a
-//!   per-thread buffer.
-//! - After the last depth block the tile row is stored (junk columns dropped), and bias,
-//!   activation and the bottleneck shortcut are applied while it is in L1.
+//!   AVX-512, 4 x 3 ymm on AVX2; 1 or 2 vectors wide for a partial last micro-panel) and is
+//!   compiled for the widest vectors the CPU has through `pulp`'s runtime dispatch (all safe
+//!   code). Partial sums between depth blocks go to a per-thread buffer.
+//! - After the last depth block, bias and activation (SiLU, ReLU) are applied to the tile in
+//!   registers, the tile row is stored (junk columns dropped), and the bottleneck shortcut is
+//!   added while it is in L1.
+//! - The input may come in channel parts (the branches an ELAN block concatenates), read in
+//!   place instead of copied by `cat`.
 //!
 //! Tasks are (image, group, channel block, pixel block), spread over rayon's threads; each
 //! writes disjoint row segments of the NCHW output.
@@ -42,6 +45,8 @@ pub(crate) const PANEL_ROWS: usize = 8;
 /// Most depth (input channel x kernel tap) per block: the `DEPTH_BLOCK x NR` slice of `col`
 /// a micro-panel reads (24 KiB on AVX-512) stays in L1 while all channel panels use it.
 const DEPTH_BLOCK: usize = 128;
+/// The same for [`Source::Direct`]: its rows share cache lines (the taps of one channel read
+/// neighbouring pixels), so 288 rows (32 channels of a 3x3) touch about 19 KiB.
 const DIRECT_DEPTH_BLOCK: usize = 288;
 /// Most pixel micro-panels per task: bounds the per-thread buffers (~100 KiB per 128 rows).
 const MAX_PANELS_PER_TASK: usize = 4;
