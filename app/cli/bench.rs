@@ -1,6 +1,6 @@
 //! `spotter bench`: forward-pass latency per model and input size, optionally per layer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// Frames of the clip to use with --pipeline.
     #[arg(long, default_value_t = 50)]
     frames: u64,
+    /// With --pipeline: the detector alone and the whole pipeline alternate this many times,
+    /// and the overhead reported is the median of the rounds' (on a shared machine single runs
+    /// move by 15 % and more).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// First measure an N x N x N matrix product in the models' precision on the device (the
     /// reference for the "% of matmul" column: the fraction of it the models achieve).
     #[arg(long, value_name = "N")]
@@ -223,7 +228,8 @@ fn bench_one(name: &str, args: &BenchArgs, matmul_tflops: Option<f64>) -> Result
     })
 }
 
-/// The detector alone on the clip's decoded frames, then the whole pipeline on the same clip.
+/// The detector alone on the clip's decoded frames, then the whole pipeline on the same clip,
+/// alternating for `--rounds` rounds.
 fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Result<()> {
     use spotter_pipeline::source::{FrameSource, OpenOptions, VideoSource};
     use spotter_pipeline::{FrameDetector, ModelLoader, OutputConfig, Pipeline, PipelineConfig, SourceSpec};
@@ -254,41 +260,72 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
     }
     let mut det = load(name)?;
     det.detect(&frames[0])?; // warm-up
-    let t = Instant::now();
-    for f in &frames {
-        det.detect(f)?;
-    }
-    let alone_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
-    drop(det);
-
     let dir = std::env::temp_dir().join(format!("spotter-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let loader: ModelLoader = Arc::new(move |n: &str| {
-        load(n)
-            .map(|d| Box::new(d) as Box<dyn FrameDetector>)
-            .map_err(|e| spotter_pipeline::Error::Model(format!("{e:#}")))
-    });
-    let mut config = PipelineConfig::new(vec![name.to_string()], loader);
-    config.max_frames = Some(frames.len() as u64);
-    config.output =
-        OutputConfig { video: Some(dir.join("bench.mp4")), jsonl: Some(dir.join("bench.jsonl")), keep_audio: true };
-    let t = Instant::now();
-    let summary = Pipeline::start(SourceSpec::File(clip.to_path_buf()), config)?.wait()?;
-    let pipeline_fps = summary.frames_out as f64 / t.elapsed().as_secs_f64();
+    // Each pipeline run takes a detector loaded before its clock starts, so that the overhead
+    // does not include loading the model.
+    let preloaded: Arc<Mutex<Option<Detector>>> = Arc::default();
+    let loader: ModelLoader = {
+        let preloaded = Arc::clone(&preloaded);
+        let load = load.clone();
+        Arc::new(move |n: &str| {
+            let ready = preloaded.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match ready {
+                Some(d) => Ok(Box::new(d) as Box<dyn FrameDetector>),
+                None => load(n)
+                    .map(|d| Box::new(d) as Box<dyn FrameDetector>)
+                    .map_err(|e| spotter_pipeline::Error::Model(format!("{e:#}"))),
+            }
+        })
+    };
+    let mut rounds = Vec::with_capacity(args.rounds.max(1));
+    let mut stages = serde_json::Value::Null;
+    for _ in 0..args.rounds.max(1) {
+        let t = Instant::now();
+        for f in &frames {
+            det.detect(f)?;
+        }
+        let alone_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
+
+        *preloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(load(name)?);
+        let mut config = PipelineConfig::new(vec![name.to_string()], Arc::clone(&loader));
+        config.max_frames = Some(frames.len() as u64);
+        config.output =
+            OutputConfig { video: Some(dir.join("bench.mp4")), jsonl: Some(dir.join("bench.jsonl")), keep_audio: true };
+        let t = Instant::now();
+        let summary = Pipeline::start(SourceSpec::File(clip.to_path_buf()), config)?.wait()?;
+        let pipeline_fps = summary.frames_out as f64 / t.elapsed().as_secs_f64();
+        stages = serde_json::to_value(&summary.stages)?;
+        rounds.push(serde_json::json!({
+            "detector_fps": alone_fps,
+            "pipeline_fps": pipeline_fps,
+            "overhead_pct": (alone_fps / pipeline_fps - 1.0) * 100.0,
+        }));
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    let overhead_pct = (alone_fps / pipeline_fps - 1.0) * 100.0;
+    let median = |key: &str| {
+        let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (alone_fps, pipeline_fps, overhead_pct) =
+        (median("detector_fps"), median("pipeline_fps"), median("overhead_pct"));
+    let each: Vec<String> =
+        rounds.iter().filter_map(|r| r["overhead_pct"].as_f64()).map(|o| format!("{o:+.1}")).collect();
     let row = serde_json::json!({
         "model": name, "clip": clip.display().to_string(), "frames": frames.len(),
         "detector_fps": alone_fps, "pipeline_fps": pipeline_fps, "overhead_pct": overhead_pct,
-        "stages": summary.stages,
+        "rounds": rounds, "stages": stages,
     });
     if args.json {
         outln!("{row}")?;
     } else {
         outln!(
-            "{name}: detector alone {alone_fps:.2} fps, whole pipeline {pipeline_fps:.2} fps on {} frames of {}: overhead {overhead_pct:+.1} %",
+            "{name}: detector alone {alone_fps:.2} fps, whole pipeline {pipeline_fps:.2} fps on {} frames of {}: overhead {overhead_pct:+.1} % (median of {} alternating rounds: {} %)",
             frames.len(),
-            clip.display()
+            clip.display(),
+            each.len(),
+            each.join(", ")
         )?;
     }
     Ok(())

@@ -52,3 +52,32 @@ fn bench_random_weights_needs_no_download() {
     assert_eq!(r["params"], 7_105_888);
     assert_eq!(r["model"], "gelan-s");
 }
+
+/// `--pipeline` alternates the detector alone and the whole pipeline (decode, detect, annotate,
+/// encode) for `--rounds` rounds and reports each round and the median overhead.
+#[test]
+fn bench_pipeline_alternates_rounds_and_reports_the_median() {
+    let model = fixture("yolov9/tiny/tiny-gelan-s.pt");
+    let clip = crate::root().join("assets/demo.mp4");
+    let args = ["bench", "--model", model.to_str().unwrap(), "--imgsz", "64", "--device", "cpu"];
+    let extra = ["--pipeline", clip.to_str().unwrap(), "--frames", "6", "--rounds", "3", "--json"];
+    let o = spotter(&[&args[..], &extra[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["frames"], 6);
+    let rounds = r["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{r}");
+    let mut overheads: Vec<f64> = rounds.iter().map(|x| x["overhead_pct"].as_f64().unwrap()).collect();
+    for x in rounds {
+        assert!(x["detector_fps"].as_f64().unwrap() > 0.0 && x["pipeline_fps"].as_f64().unwrap() > 0.0, "{x}");
+    }
+    overheads.sort_by(f64::total_cmp);
+    assert_eq!(r["overhead_pct"].as_f64().unwrap(), overheads[1]);
+    let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert!(stages.contains(&"inference") && stages.contains(&"output"), "{stages:?}");
+
+    // The text form names every round.
+    let o = spotter(&[&args[..], &extra[..4], &["--rounds", "2"][..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("median of 2 alternating rounds"), "{}", stdout(&o));
+}
