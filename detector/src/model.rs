@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{Module, Tensor};
 
 use crate::error::{Error, Result};
-use crate::nn::blocks::{AConv, ADown, CbLinear, Elan, SppCspc, SppElan, cb_fuse, max_pool};
+use crate::nn::blocks::{AConv, ADown, CbLinear, Elan, SppCspc, SppElan, cb_fuse, max_pool, upsample_nearest};
 use crate::nn::conv::{ConvBlock, ConvShape, LoadCtx, count_macs};
 use crate::nn::head::{Head, HeadOutput};
 use crate::spec::{IMAGE, Module as Spec, ResolvedLayer, inference_layers};
@@ -41,10 +41,7 @@ impl Block {
             Self::SppElan(m) => m.forward(x),
             Self::SppCspc(m) => m.forward(x),
             Self::MaxPool(k) => max_pool(x, *k, *k, 0),
-            Self::Upsample(s) => {
-                let (_, _, h, w) = x.dims4()?;
-                x.upsample_nearest2d(h * s, w * s)
-            }
+            Self::Upsample(s) => upsample_nearest(x, *s),
             Self::Silence => Ok(x.clone()),
             Self::Repeat(blocks) => {
                 let mut y = x.clone();

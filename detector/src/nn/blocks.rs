@@ -23,6 +23,15 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> candle_core::Result
     x.max_pool2d_with_stride(k, s)
 }
 
+/// Nearest-neighbour upsampling by an integer factor (the neck's `nn.Upsample`).
+pub fn upsample_nearest(x: &Tensor, scale: usize) -> candle_core::Result<Tensor> {
+    if cpu_pool::accepts(x) {
+        return cpu_pool::upsample_nearest(x, scale);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    x.upsample_nearest2d(h * scale, w * scale)
+}
+
 /// `avg_pool2d(x, 2, 1, 0)`: the smoothing step before AConv and ADown.
 fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
     if cpu_pool::accepts(x) {
