@@ -184,12 +184,10 @@ impl ConvBlock {
 
 impl Module for ConvBlock {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let _enter = self.span.enter();
-        if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x)) {
-            let y = fast.forward(&[x], None)?;
-            self.count_macs(&y);
-            return Ok(y);
+        if let Some(y) = self.forward_cpu(&[x], None) {
+            return y;
         }
+        let _enter = self.span.enter();
         let Some(weight) = &self.weight else {
             candle_core::bail!("conv: loaded for f32 on the CPU, got {:?} on {:?}", x.dtype(), x.device());
         };
@@ -206,24 +204,29 @@ impl Module for ConvBlock {
 impl ConvBlock {
     /// `forward(x) + residual`, the add fused into the convolution's last pass on the CPU.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        if let Some(fast) = self.cpu.as_ref().filter(|_| CpuConv::accepts(x) && CpuConv::accepts(residual)) {
-            let _enter = self.span.enter();
-            let y = fast.forward(&[x], Some(residual))?;
-            self.count_macs(&y);
-            return Ok(y);
+        match self.forward_cpu(&[x], Some(residual)) {
+            Some(y) => y,
+            None => self.forward(x)? + residual,
         }
-        self.forward(x)? + residual
     }
 
     /// `forward(cat(parts, 1))`; on the CPU the parts are read in place, without the copy.
     pub fn forward_cat(&self, parts: &[&Tensor]) -> candle_core::Result<Tensor> {
-        if let Some(fast) = self.cpu.as_ref().filter(|_| parts.iter().all(|x| CpuConv::accepts(x))) {
-            let _enter = self.span.enter();
-            let y = fast.forward(parts, None)?;
-            self.count_macs(&y);
-            return Ok(y);
+        match self.forward_cpu(parts, None) {
+            Some(y) => y,
+            None => self.forward(&Tensor::cat(parts, 1)?),
         }
-        self.forward(&Tensor::cat(parts, 1)?)
+    }
+
+    /// The CPU kernel on the channel `parts` (plus `residual`), or None when this block has no
+    /// CPU kernel or a tensor is not f32 on the CPU.
+    fn forward_cpu(&self, parts: &[&Tensor], residual: Option<&Tensor>) -> Option<candle_core::Result<Tensor>> {
+        let fast = self.cpu.as_ref()?;
+        if !parts.iter().copied().chain(residual).all(CpuConv::accepts) {
+            return None;
+        }
+        let _enter = self.span.enter();
+        Some(fast.forward(parts, residual).inspect(|y| self.count_macs(y)))
     }
 
     fn count_macs(&self, y: &Tensor) {

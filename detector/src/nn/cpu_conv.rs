@@ -137,10 +137,10 @@ impl CpuConv {
 }
 
 /// The f32 data of a CPU storage.
-fn f32_data(storage: &Storage) -> candle_core::Result<&[f32]> {
+pub(crate) fn f32_data(storage: &Storage) -> candle_core::Result<&[f32]> {
     match storage {
         Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
-        _ => candle_core::bail!("cpu conv: expected f32 on the CPU"),
+        _ => candle_core::bail!("expected an f32 tensor on the CPU"),
     }
 }
 

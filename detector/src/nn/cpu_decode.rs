@@ -6,10 +6,10 @@
 //! one thread and took 10–14 ms of a 260 ms gelan-s pass at 640; the same arithmetic here reads
 //! each map once, writes no intermediate tensors and uses all threads.
 
-use candle_core::{CpuStorage, Device, Layout, Storage, Tensor};
+use candle_core::{Device, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_conv::{CpuConv, exp};
+use super::cpu_conv::{CpuConv, exp, f32_data};
 
 /// One pyramid level of the head's raw output.
 pub(crate) struct Level<'a> {
@@ -98,10 +98,7 @@ fn to_box(a: f32, stride: f32, near: &mut f32, far: &mut f32) {
 
 /// The f32 values of a contiguous CPU tensor's storage.
 fn data<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(CpuStorage::F32(v)) => Ok(&v[layout.start_offset()..][..layout.shape().elem_count()]),
-        _ => candle_core::bail!("head: expected f32 maps on the CPU"),
-    }
+    Ok(&f32_data(storage)?[layout.start_offset()..][..layout.shape().elem_count()])
 }
 
 struct LevelData<'a> {
