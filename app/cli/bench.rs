@@ -228,6 +228,14 @@ fn bench_one(name: &str, args: &BenchArgs, matmul_tflops: Option<f64>) -> Result
     })
 }
 
+/// One round of `bench --pipeline`.
+#[derive(serde::Serialize)]
+struct PipelineRound {
+    detector_fps: f64,
+    pipeline_fps: f64,
+    overhead_pct: f64,
+}
+
 /// The detector alone on the clip's decoded frames, then the whole pipeline on the same clip,
 /// alternating for `--rounds` rounds.
 fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Result<()> {
@@ -296,22 +304,20 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
         let summary = Pipeline::start(SourceSpec::File(clip.to_path_buf()), config)?.wait()?;
         let pipeline_fps = summary.frames_out as f64 / t.elapsed().as_secs_f64();
         stages = serde_json::to_value(&summary.stages)?;
-        rounds.push(serde_json::json!({
-            "detector_fps": alone_fps,
-            "pipeline_fps": pipeline_fps,
-            "overhead_pct": (alone_fps / pipeline_fps - 1.0) * 100.0,
-        }));
+        let overhead_pct = (alone_fps / pipeline_fps - 1.0) * 100.0;
+        rounds.push(PipelineRound { detector_fps: alone_fps, pipeline_fps, overhead_pct });
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let median = |key: &str| {
-        let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[key].as_f64()).collect();
+    // The middle round (the upper one of the two middle ones for an even count).
+    let median = |value: fn(&PipelineRound) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(value).collect();
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        v[v.len() / 2]
     };
-    let (alone_fps, pipeline_fps, overhead_pct) =
-        (median("detector_fps"), median("pipeline_fps"), median("overhead_pct"));
-    let each: Vec<String> =
-        rounds.iter().filter_map(|r| r["overhead_pct"].as_f64()).map(|o| format!("{o:+.1}")).collect();
+    let alone_fps = median(|r| r.detector_fps);
+    let pipeline_fps = median(|r| r.pipeline_fps);
+    let overhead_pct = median(|r| r.overhead_pct);
+    let each: Vec<String> = rounds.iter().map(|r| format!("{:+.1}", r.overhead_pct)).collect();
     let row = serde_json::json!({
         "model": name, "clip": clip.display().to_string(), "frames": frames.len(),
         "detector_fps": alone_fps, "pipeline_fps": pipeline_fps, "overhead_pct": overhead_pct,
