@@ -347,6 +347,9 @@ mod tests {
             (16, 8, 3, 2, 1, 1, 33, 31),
             (64, 36, 1, 1, 0, 4, 19, 21),
             (24, 200, 3, 1, 1, 1, 4, 5),
+            // Wide maps: bands of one output row (BAND_BYTES), several per thread.
+            (256, 8, 3, 1, 1, 1, 12, 130),
+            (128, 8, 3, 2, 1, 1, 14, 261),
         ] {
             let x = Tensor::randn(0f32, 1., (2, c1, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (c2, c1 / g, k, k), &dev).unwrap();
@@ -370,7 +373,10 @@ mod tests {
                 };
                 let diff = (ours - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-4, "{c1}->{c2} k{k} s{s} g{g} {act:?} {isa:?}: max diff {diff}");
+                // Deep sums (2304 terms) reach |y| ~ 50; their rounding grows with them.
+                let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                let tol = 1e-4 * (scale / 10.0).max(1.0);
+                assert!(diff < tol, "{c1}->{c2} k{k} s{s} g{g} {act:?} {isa:?}: max diff {diff} (tolerance {tol})");
             }
         }
     }

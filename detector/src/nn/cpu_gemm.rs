@@ -48,8 +48,11 @@ const DEPTH_BLOCK: usize = 128;
 /// The same for [`Source::Direct`]: its rows share cache lines (the taps of one channel read
 /// neighbouring pixels), so 288 rows (32 channels of a 3x3) touch about 19 KiB.
 const DIRECT_DEPTH_BLOCK: usize = 288;
-/// Most pixel micro-panels per task: bounds the per-thread buffers (~100 KiB per 128 rows).
+/// Most pixel micro-panels per task of a 1x1 convolution.
 const MAX_PANELS_PER_TASK: usize = 4;
+/// Most padded input per band of a [`Source::Band`] convolution: with the partial sums and
+/// weights it stays in a core's L2 (2 MiB here, 0.5-1.25 MiB on most laptop cores).
+const BAND_BYTES: usize = 512 * 1024;
 /// Widest micro-panel of any SIMD flavour (48 pixels on AVX-512).
 const MAX_PANEL_WIDTH: usize = 64;
 
@@ -128,17 +131,17 @@ impl Input<'_> {
 /// Where the kernel reads its right-hand side (the im2col matrix) from.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    /// Convolutions with k > 1 and stride `s` of 1 or 2: the zero-padded input is split into
-    /// `s * s` phase planes per channel, phase `(py, px)` holding padded pixels
-    /// `(s * i + py, s * j + px)` (for stride 1 just the padded plane). In "wide" pixel
-    /// coordinates `q = oy * wide + ox` (with `wide` the phase planes' row width, so
-    /// `wide - wo` junk columns per row), row `(ci, ky, kx)` at `q` is then
-    /// `data[plane(ci, (ky d % s, kx d % s)) + (ky d / s) * wide + kx d / s + q]`: a plain
-    /// matrix product with offsets.
-    ///
-    /// `taps[ky * k + kx]` is the part of that offset that depends on the tap alone, so that
-    /// tasks build their offset tables without divisions (those took 3 % of a gelan-s pass).
-    Direct { data: &'a [f32], base: usize, image_stride: usize, plane_stride: usize, taps: &'a [usize] },
+    /// Convolutions with k > 1 and stride `s` of 1 or 2, in bands of whole output rows: each
+    /// task copies the zero-padded input rows its band reads into a per-thread buffer, split
+    /// into `s * s` phase planes per channel, phase `(py, px)` holding padded pixels
+    /// `(s * i + py, s * j + px)` (for stride 1 just the padded rows), `plane_stride` apart.
+    /// In "wide" pixel coordinates `q = oy * wide + ox` (with `wide` the phase planes' row
+    /// width, so `wide - wo` junk columns per row), counted from the band's first row, row
+    /// `(ci, ky, kx)` of `col` at `q` is then
+    /// `band[plane(ci, (ky d % s, kx d % s)) + (ky d / s) * wide + kx d / s + q]`: a plain
+    /// matrix product with offsets. `taps[ky * k + kx]` is the part of that offset that
+    /// depends on the tap alone; `halo` is the phase rows a band reads below its last one.
+    Band { plane_stride: usize, halo: usize, taps: &'a [usize] },
     /// 1x1 convolutions (and strides above 2): gathered per task into micro-panels (see
     /// [`gather`]).
     Gathered,
@@ -178,11 +181,6 @@ struct Task<'a> {
     pixels: (usize, usize),
 }
 
-thread_local! {
-    /// The zero-padded copy of a stride-1 convolution's input, reused across layers and frames.
-    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
 /// `out = act(conv(input) + bias) (+ residual)` for a whole batch; `out` is the contiguous
 /// NCHW output `[batch, c2, ho, wo]`.
 #[allow(clippy::too_many_arguments)]
@@ -199,43 +197,42 @@ pub(crate) fn conv(
 ) {
     let (ho, wo) = geo.out_size(input.h, input.w);
     let nr = isa.dispatch(PanelWidth);
-    let mut padded = Vec::new();
-    let taps: Vec<usize>;
+    let threads = rayon::current_num_threads().max(1);
     // 1x1 convolutions read their input rows directly while gathering (no padding needed);
     // a padded copy would only add a pass over the input, which is all they read.
-    let (source, wide) = if geo.k > 1 && geo.s <= 2 {
-        let s = geo.s;
-        let (hp, wp) = (input.h + 2 * geo.p, input.w + 2 * geo.p);
-        let wide = wp.div_ceil(s);
-        padded = PADDED.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-        let plane_stride = spaced_plane(hp.div_ceil(s) * wide);
-        // Reads go up to one micro-panel past the last real pixel of the last plane.
-        pad(&input, batch, geo.c1, (geo.p, s), plane_stride, &mut padded, nr + wide);
-        let image_stride = geo.c1 * s * s * plane_stride;
+    let banded = geo.k > 1 && geo.s <= 2;
+    let (s, halo) = (geo.s, (geo.k - 1) * geo.d / geo.s);
+    let wide = if banded { (input.w + 2 * geo.p).div_ceil(s) } else { wo };
+    // Wide pixel coordinates run to the last real pixel (junk after it is not computed).
+    let pixels = (ho - 1) * wide + wo;
+    // Tasks of `per_task` micro-panels, enough of them for every thread; when there are too
+    // few, the channels are split as well (below).
+    let micro_panels = pixels.div_ceil(nr);
+    let per_task = (micro_panels / (4 * threads)).max(1);
+    let taps: Vec<usize>;
+    let (source, per_task) = if banded {
+        // Few enough pixels that a band's padded input rows (its own, the halo, and one more
+        // where it starts mid-row) stay in the core's L2.
+        let row_bytes = geo.c1 / geo.g * s * s * wide * std::mem::size_of::<f32>();
+        let max_rows = (BAND_BYTES / row_bytes).saturating_sub(halo + 1).max(1);
+        let per_task = per_task.min((max_rows * wide / nr).max(1));
+        let plane_stride = spaced_plane(((per_task * nr).div_ceil(wide) + 1 + halo) * wide);
         taps = (0..geo.k * geo.k)
             .map(|tap| {
                 let (dy, dx) = (tap / geo.k * geo.d, tap % geo.k * geo.d);
                 ((dy % s) * s + dx % s) * plane_stride + dy / s * wide + dx / s
             })
             .collect();
-        (Source::Direct { data: &padded, base: 0, image_stride, plane_stride, taps: &taps }, wide)
+        (Source::Band { plane_stride, halo, taps: &taps }, per_task)
     } else {
-        (Source::Gathered, wo)
+        (Source::Gathered, per_task.min(MAX_PANELS_PER_TASK))
     };
     let shared = Shared { input, source, geo, weights, bias, act, residual, ho, wo, wide };
-    // Wide pixel coordinates run to the last real pixel (junk after it is not computed).
-    let pixels = (ho - 1) * wide + wo;
-
-    // Split the pixels into tasks of up to MAX_PANELS_PER_TASK micro-panels, enough of them
-    // for every thread; when the image is small, split the channels as well.
-    let threads = rayon::current_num_threads().max(1);
-    let micro_panels = pixels.div_ceil(nr);
-    let per_task = (micro_panels / (4 * threads)).clamp(1, MAX_PANELS_PER_TASK);
-    let pixel_blocks = micro_panels.div_ceil(per_task);
+    let block_cols = per_task * nr;
+    let pixel_blocks = pixels.div_ceil(block_cols);
     let panels = weights.panels();
     let channel_blocks = (4 * threads).div_ceil(pixel_blocks * batch * weights.groups).clamp(1, panels);
     let panels_per_block = panels.div_ceil(channel_blocks);
-    let block_cols = per_task * nr;
     // Output pixel ranges of the pixel blocks.
     let cuts: Vec<usize> = (0..pixel_blocks).map(|i| shared.out_index(i * block_cols)).chain([ho * wo]).collect();
 
@@ -264,9 +261,6 @@ pub(crate) fn conv(
         }
     }
     tasks.into_par_iter().for_each(|task| isa.dispatch(RunTask { shared: &shared, task }));
-    if !padded.is_empty() {
-        PADDED.with(|cell| *cell.borrow_mut() = padded);
-    }
 }
 
 /// The distance between padded planes: whole 4 KiB pages plus one cache line. Planes of
@@ -277,60 +271,67 @@ fn spaced_plane(len: usize) -> usize {
     len.next_multiple_of(1024) + 16
 }
 
-/// Copies the `c1` planes of every image into `dst`, `plane_stride` apart, with `p` zeros
-/// around each and `slack` zeros at the end (the kernel reads whole micro-panels). The stride
-/// `s` is 1 or 2; with 2 each padded plane is stored as its four phase planes (see
-/// [`Source::Direct`]).
-fn pad(
+/// Copies the zero-padded input rows that one band of output rows reads into `dst`: for each
+/// input channel in `channels` of `image`, its `s * s` phase planes (see [`Source::Band`]),
+/// `plane_stride` apart, each holding phase rows `oy0 .. oy0 + rows` (`wide` values each).
+/// `slack` more values follow the last plane (the kernel reads whole micro-panels).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pad_band(
     input: &Input<'_>,
-    batch: usize,
-    c1: usize,
+    image: usize,
+    channels: std::ops::Range<usize>,
     (p, s): (usize, usize),
+    (oy0, rows, wide): (usize, usize, usize),
     plane_stride: usize,
     dst: &mut Vec<f32>,
     slack: usize,
 ) {
     let (h, w) = (input.h, input.w);
-    let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let len = batch * c1 * s * s * plane_stride;
-    // Never shrunk: growing it again would zero-fill on this (the calling) thread. What the
-    // real pixels read is all written below; stale values between planes only reach junk
-    // columns, which are dropped.
-    if dst.len() < len + slack {
-        dst.resize(len + slack, 0.0);
+    let len = channels.len() * s * s * plane_stride + slack;
+    // Never shrunk (growing zero-fills it). Every value of the band's rows is written below;
+    // stale values between planes and in the slack only reach junk columns, which are dropped.
+    if dst.len() < len {
+        dst.resize(len, 0.0);
     }
-    let (planes, tail) = dst[..len + slack].split_at_mut(len);
-    tail.fill(0.0);
-    planes.par_chunks_mut(s * s * plane_stride).enumerate().for_each(|(i, phases)| {
-        let src = input.plane(i / c1, i % c1);
-        if s == 1 {
-            let plane = &mut phases[..hp * wp];
-            plane[..p * wp].fill(0.0);
-            plane[(p + h) * wp..].fill(0.0);
-            for (dst, src) in plane[p * wp..(p + h) * wp].chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
-                dst[..p].fill(0.0);
-                dst[p..p + w].copy_from_slice(src);
-                dst[p + w..].fill(0.0);
+    for (ci, phases) in channels.zip(dst.chunks_exact_mut(s * s * plane_stride)) {
+        let src = input.plane(image, ci);
+        for py in 0..s {
+            // With stride 2, `odd` is the plane of odd padded columns of the same rows.
+            let (even, odd) = phases[py * s * plane_stride..].split_at_mut(plane_stride);
+            for r in 0..rows {
+                let y = s * (oy0 + r) + py;
+                let row = &mut even[r * wide..][..wide];
+                if !(p..p + h).contains(&y) {
+                    row.fill(0.0);
+                    if s == 2 {
+                        odd[r * wide..][..wide].fill(0.0);
+                    }
+                    continue;
+                }
+                let src = &src[(y - p) * w..][..w];
+                if s == 1 {
+                    row[..p].fill(0.0);
+                    row[p..p + w].copy_from_slice(src);
+                    row[p + w..].fill(0.0);
+                    continue;
+                }
+                let odd_row = &mut odd[r * wide..][..wide];
+                // Phase column c holds padded column 2c + px; the input covers p .. p + w.
+                for (px, row) in [(0, &mut *row), (1, &mut *odd_row)] {
+                    let (lo, hi) = (p.saturating_sub(px).div_ceil(2), (p + w).saturating_sub(px).div_ceil(2));
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                }
+                // Input column x is padded column x + p; even padded columns go to `row`.
+                if p % 2 == 0 {
+                    deinterleave(src, &mut row[p / 2..], &mut odd_row[p / 2..]);
+                } else {
+                    deinterleave(src, &mut odd_row[p / 2..], &mut row[p.div_ceil(2)..]);
+                }
             }
-            return;
         }
-        // Stride 2: even and odd padded rows and columns go to four phase planes.
-        let (ph, pw) = (hp.div_ceil(2), wp.div_ceil(2));
-        for phase in phases.chunks_exact_mut(plane_stride) {
-            phase[..ph * pw].fill(0.0);
-        }
-        for (y, row) in src.chunks_exact(w).enumerate() {
-            let (py, iy) = ((y + p) % 2, (y + p) / 2);
-            let (even, odd) = phases[2 * py * plane_stride..].split_at_mut(plane_stride);
-            let (even, odd) = (&mut even[iy * pw..][..pw], &mut odd[iy * pw..][..pw]);
-            // Input column x is padded column x + p; even padded columns go to the even plane.
-            if p % 2 == 0 {
-                deinterleave(row, &mut even[p / 2..], &mut odd[p / 2..]);
-            } else {
-                deinterleave(row, &mut odd[p / 2..], &mut even[p.div_ceil(2)..]);
-            }
-        }
-    });
+    }
 }
 
 /// `even[i] = row[2 i]`, `odd[i] = row[2 i + 1]`.
@@ -412,87 +413,94 @@ impl pulp::WithSimd for RunTask<'_, '_> {
     }
 }
 
+/// Per worker thread, reused across tasks and frames (grown, never shrunk).
+#[derive(Default)]
+struct Scratch {
+    /// A band's padded input ([`Source::Band`]).
+    band: Vec<f32>,
+    /// A micro-panel's gathered depth block ([`Source::Gathered`]).
+    block: Vec<f32>,
+    /// The offset of every depth row in `band` or `block`.
+    offsets: Vec<usize>,
+    /// A micro-panel's partial sums between depth blocks.
+    sums: Vec<f32>,
+}
+
 thread_local! {
-    /// Per worker thread: the gathered input block and the partial sums of the current task,
-    /// reused across tasks and frames.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 #[inline(always)]
 fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) {
     let nr = NV * S::F32_LANES;
     let weights = shared.weights;
-    let Geometry { c1, g, .. } = shared.geo;
+    let geo = shared.geo;
+    let c1g = geo.c1 / geo.g;
     let (p0, p1) = task.pixels;
     let cols = p1 - p0;
-    let micro_panels = cols.div_ceil(nr);
     let rows = task.rows.len();
     let depth = weights.depth;
 
     // Taken out of the thread-local rather than used inside `with`: a closure would not be
     // compiled with the dispatched target features, and nor would the kernel inlined in it.
-    let (mut block, mut sums) = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    // Equal depth blocks of at most DEPTH_BLOCK (288 = 3 x 96, not 128 + 128 + 32).
-    let limit = if matches!(shared.source, Source::Direct { .. }) { DIRECT_DEPTH_BLOCK } else { DEPTH_BLOCK };
-    let block_depth = depth.div_ceil(depth.div_ceil(limit));
-    if matches!(shared.source, Source::Gathered) && block.len() < block_depth * micro_panels * nr {
-        block.resize(block_depth * micro_panels * nr, 0.0);
-    }
-    if block_depth < depth && sums.len() < rows * micro_panels * nr {
-        sums.resize(rows * micro_panels * nr, 0.0);
-    }
-    let mut offsets = [0usize; DIRECT_DEPTH_BLOCK];
-    for k0 in (0..depth).step_by(block_depth) {
-        let kc = block_depth.min(depth - k0);
-        let offsets = &mut offsets[..kc];
-        let b_all: &[f32] = match shared.source {
-            Source::Direct { data, base, image_stride, plane_stride, taps } => {
-                let s = shared.geo.s;
-                // Depth row `k0 + kk` is tap `t` of input channel `ci`.
-                let ci = task.group * (c1 / g) + k0 / taps.len();
-                let mut t = k0 % taps.len();
-                let mut plane = base + task.image * image_stride + ci * s * s * plane_stride;
-                for o in offsets.iter_mut() {
-                    *o = plane + taps[t];
-                    t += 1;
-                    if t == taps.len() {
-                        (t, plane) = (0, plane + s * s * plane_stride);
-                    }
-                }
-                data
+    let Scratch { mut band, mut block, mut offsets, mut sums } =
+        SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    offsets.clear();
+    match shared.source {
+        Source::Band { plane_stride, halo, taps } => {
+            // Pad the band's input rows here, just before they are read: they stay in this
+            // core's cache (a separate pass over the whole input left them in L3 or in the
+            // other core's cache), and the convolution is one parallel pass instead of two.
+            let (s, wide) = (geo.s, shared.wide);
+            let oy0 = p0 / wide;
+            let band_rows = (p1 - 1) / wide + 1 - oy0 + halo;
+            let channels = task.group * c1g..(task.group + 1) * c1g;
+            let at = (oy0, band_rows, wide);
+            pad_band(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band, nr + wide);
+            // Depth row `ci * taps.len() + t` is tap `t` of input channel `ci` of the group.
+            for ci in 0..c1g {
+                offsets.extend(taps.iter().map(|tap| ci * s * s * plane_stride + tap));
             }
-            Source::Gathered => {
+            let block_depth = depth.div_ceil(depth.div_ceil(DIRECT_DEPTH_BLOCK));
+            if block_depth < depth && sums.len() < rows * MAX_PANEL_WIDTH {
+                sums.resize(rows * MAX_PANEL_WIDTH, 0.0);
+            }
+            // Micro-panel by micro-panel (all depth blocks of one before the next): the
+            // partial sums are one micro-panel's and stay in L1 however large the band.
+            let band = &band[p0 - oy0 * wide..];
+            for c0 in (0..cols).step_by(nr) {
+                for k0 in (0..depth).step_by(block_depth) {
+                    let kc = block_depth.min(depth - k0);
+                    let b = &band[c0..];
+                    let pass = PanelPass::new(shared, &mut task, b, &offsets[k0..k0 + kc], k0, c0, cols, depth);
+                    pass.dispatch::<S, ROWS, NV>(simd, &mut sums, (MAX_PANEL_WIDTH, 0));
+                }
+            }
+        }
+        Source::Gathered => {
+            // Depth block by depth block, gathered for all the task's micro-panels at once.
+            let micro_panels = cols.div_ceil(nr);
+            let block_depth = depth.div_ceil(depth.div_ceil(DEPTH_BLOCK));
+            if block.len() < block_depth * micro_panels * nr {
+                block.resize(block_depth * micro_panels * nr, 0.0);
+            }
+            if block_depth < depth && sums.len() < rows * micro_panels * nr {
+                sums.resize(rows * micro_panels * nr, 0.0);
+            }
+            for k0 in (0..depth).step_by(block_depth) {
+                let kc = block_depth.min(depth - k0);
                 gather::<S, NV>(shared, task.image, task.group, k0, kc, p0, cols, &mut block[..kc * micro_panels * nr]);
-                for (kk, o) in offsets.iter_mut().enumerate() {
-                    *o = kk * nr;
+                offsets.clear();
+                offsets.extend((0..kc).map(|kk| kk * nr));
+                for (mp, c0) in (0..cols).step_by(nr).enumerate() {
+                    let b = &block[mp * kc * nr..];
+                    let pass = PanelPass::new(shared, &mut task, b, &offsets, k0, c0, cols, depth);
+                    pass.dispatch::<S, ROWS, NV>(simd, &mut sums, (micro_panels * nr, c0));
                 }
-                &block
-            }
-        };
-        let first = k0 == 0;
-        let last = k0 + kc == depth;
-        for mp in 0..micro_panels {
-            let b = match shared.source {
-                Source::Direct { .. } => &b_all[p0 + mp * nr..],
-                Source::Gathered => &b_all[mp * kc * nr..],
-            };
-            let c0 = mp * nr;
-            let width = nr.min(cols - c0);
-            let pass = PanelPass { shared, task: &mut task, b, offsets, k0, c0, width, first, last };
-            let sums = &mut sums[..];
-            // A partial last micro-panel takes a narrower tile: on a 10x10 map, 3 full-width
-            // panels computed 144 columns for 118.
-            let lanes = S::F32_LANES;
-            if NV > 1 && width <= lanes {
-                pass.run::<S, ROWS, 1>(simd, sums, micro_panels * nr);
-            } else if NV > 2 && width <= 2 * lanes {
-                pass.run::<S, ROWS, 2>(simd, sums, micro_panels * nr);
-            } else {
-                pass.run::<S, ROWS, NV>(simd, sums, micro_panels * nr);
             }
         }
     }
-    SCRATCH.with(|cell| *cell.borrow_mut() = (block, sums));
+    SCRATCH.with(|cell| *cell.borrow_mut() = Scratch { band, block, offsets, sums });
 }
 
 /// One depth block of one micro-panel: every channel panel of the task times the `col` slice
@@ -511,10 +519,50 @@ struct PanelPass<'p, 's, 'a> {
     last: bool,
 }
 
-impl PanelPass<'_, '_, '_> {
-    /// Runs with a tile of `ROWS x TV` vectors; `sum_stride` is the partial sums' row length.
+impl<'p, 's, 'a> PanelPass<'p, 's, 'a> {
+    /// The pass over depth rows `k0 .. k0 + offsets.len()` of the micro-panel at column `c0`
+    /// of a task `cols` wide.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn run<S: Simd, const ROWS: usize, const TV: usize>(self, simd: S, sums: &mut [f32], sum_stride: usize) {
+    fn new(
+        shared: &'p Shared<'s>,
+        task: &'p mut Task<'a>,
+        b: &'p [f32],
+        offsets: &'p [usize],
+        k0: usize,
+        c0: usize,
+        cols: usize,
+        depth: usize,
+    ) -> Self {
+        let last = k0 + offsets.len() == depth;
+        Self { shared, task, b, offsets, k0, c0, width: (cols - c0).min(MAX_PANEL_WIDTH), first: k0 == 0, last }
+    }
+
+    /// Runs with the widest tile the micro-panel needs: a partial last micro-panel takes a
+    /// narrower one (on a 10x10 map, 3 full-width panels computed 144 columns for 118).
+    /// The partial sums of output channel `r` of the task are at `sums[r * stride + col ..]`.
+    #[inline(always)]
+    fn dispatch<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S, sums: &mut [f32], layout: (usize, usize)) {
+        let lanes = S::F32_LANES;
+        let width = self.width.min(NV * lanes);
+        let pass = Self { width, ..self };
+        if NV > 1 && width <= lanes {
+            pass.run::<S, ROWS, 1>(simd, sums, layout);
+        } else if NV > 2 && width <= 2 * lanes {
+            pass.run::<S, ROWS, 2>(simd, sums, layout);
+        } else {
+            pass.run::<S, ROWS, NV>(simd, sums, layout);
+        }
+    }
+
+    /// Runs with a tile of `ROWS x TV` vectors.
+    #[inline(always)]
+    fn run<S: Simd, const ROWS: usize, const TV: usize>(
+        self,
+        simd: S,
+        sums: &mut [f32],
+        (stride, col): (usize, usize),
+    ) {
         let PanelPass { shared, task, b, offsets, k0, c0, width, first, last } = self;
         let weights = shared.weights;
         let tile_width = TV * S::F32_LANES;
@@ -527,7 +575,7 @@ impl PanelPass<'_, '_, '_> {
             let lane0 = row0 % PANEL_ROWS;
             let mut acc = [[simd.splat_f32s(0.0); TV]; ROWS];
             let valid = ROWS.min(rows - row0);
-            let sum_at = |r: usize| (row0 + r) * sum_stride + c0;
+            let sum_at = |r: usize| (row0 + r) * stride + col;
             // The tile goes through the kernel by value and the loops run over the constant
             // ROWS, so it stays in registers: passed by `&mut` it went through the stack, and
             // small convolutions (32 -> 32 3x3) ran 13-15 % slower.
