@@ -751,17 +751,23 @@ fn gather<S: Simd, const NV: usize>(
     let wo = shared.wo;
     // One row of the im2col matrix over this task's pixels, before it is cut into micro-panels.
     let mut line = [0f32; MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH];
+    // Depth row `k0 + kk` is tap `tap` of input channel `ci`, counted along rather than
+    // divided out per row.
+    let taps = k * k;
+    let (mut ci, mut tap) = (group * (c1 / g) + k0 / taps, k0 % taps);
     for kk in 0..kc {
-        let row = k0 + kk;
-        let (ci, ky, kx) = (group * (c1 / g) + row / (k * k), row / k % k, row % k);
         let plane = shared.input.plane(image, ci);
         let line: &[f32] = if k == 1 && geo.s == 1 && geo.p == 0 {
             // The plane already is this row of `col`.
             &plane[p0..p0 + cols]
         } else {
-            im2col_row(&mut line[..cols], plane, geo, (h, w), wo, (ky, kx), p0);
+            im2col_row(&mut line[..cols], plane, geo, (h, w), wo, (tap / k, tap % k), p0);
             &line[..cols]
         };
+        tap += 1;
+        if tap == taps {
+            (tap, ci) = (0, ci + 1);
+        }
         for (mp, src) in line.chunks(nr).enumerate() {
             let dst = &mut block[(mp * kc + kk) * nr..][..nr];
             match (vectors_mut::<S, NV>(dst), vectors::<S, NV>(src)) {
