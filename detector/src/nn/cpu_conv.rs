@@ -357,6 +357,8 @@ mod tests {
             (16, 8, 3, 2, 1, 1, 33, 31),
             (64, 36, 1, 1, 0, 4, 19, 21),
             (24, 200, 3, 1, 1, 1, 4, 5),
+            // Bands of several groups of micro-panels, two depth blocks.
+            (40, 16, 3, 1, 1, 1, 60, 70),
             // Wide maps: bands of one output row (BAND_BYTES), several per thread.
             (256, 8, 3, 1, 1, 1, 12, 130),
             (128, 8, 3, 2, 1, 1, 14, 261),

@@ -462,18 +462,25 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 offsets.extend(taps.iter().map(|tap| ci * s * s * plane_stride + tap));
             }
             let block_depth = depth.div_ceil(depth.div_ceil(DIRECT_DEPTH_BLOCK));
-            if block_depth < depth && sums.len() < rows * MAX_PANEL_WIDTH {
-                sums.resize(rows * MAX_PANEL_WIDTH, 0.0);
+            // Partial sums of a group of micro-panels, a row per output channel.
+            let sum_stride = MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH;
+            if block_depth < depth && sums.len() < rows * sum_stride {
+                sums.resize(rows * sum_stride, 0.0);
             }
-            // Micro-panel by micro-panel (all depth blocks of one before the next): the
-            // partial sums are one micro-panel's and stay in L1 however large the band.
+            // In groups of MAX_PANELS_PER_TASK micro-panels, depth block by depth block: each
+            // depth block's weights (up to 300 KiB) serve the whole group from L2, while the
+            // partial sums stay a group's however large the band. One micro-panel at a time,
+            // the weights of deep layers (2.4 MB for 256 -> 256) streamed from L3 for each.
             let band = &band[p0 - oy0 * wide..];
-            for c0 in (0..cols).step_by(nr) {
+            for g0 in (0..cols).step_by(MAX_PANELS_PER_TASK * nr) {
+                let group_end = (g0 + MAX_PANELS_PER_TASK * nr).min(cols);
                 for k0 in (0..depth).step_by(block_depth) {
                     let kc = block_depth.min(depth - k0);
-                    let b = &band[c0..];
-                    let pass = PanelPass::new(shared, &mut task, b, &offsets[k0..k0 + kc], k0, c0, cols, depth);
-                    pass.dispatch::<S, ROWS, NV>(simd, &mut sums, (MAX_PANEL_WIDTH, 0));
+                    for c0 in (g0..group_end).step_by(nr) {
+                        let b = &band[c0..];
+                        let pass = PanelPass::new(shared, &mut task, b, &offsets[k0..k0 + kc], k0, c0, cols, depth);
+                        pass.dispatch::<S, ROWS, NV>(simd, &mut sums, (sum_stride, c0 - g0));
+                    }
                 }
             }
         }
