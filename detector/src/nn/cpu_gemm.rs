@@ -11,11 +11,13 @@
 //!
 //! - `W` is packed once at load into panels of [`PANEL_ROWS`] output channels (depth-major),
 //!   so the kernel broadcasts one weight per row and step.
-//! - Kernels larger than 1x1 with stride 1 or 2 (every 3x3 of these models): the input is
-//!   copied once into zero-padded planes, split by stride phase when the stride is 2 (even and
-//!   odd rows and columns apart). In "wide" pixel coordinates (the row width of those planes,
-//!   so a few junk columns per row) every row of `col` is then a shifted slice of a plane, so
-//!   the kernel reads it in place through a table of per-depth offsets ([`Source::Direct`]).
+//! - Kernels larger than 1x1 with stride 1 or 2 (every 3x3 of these models): each task copies
+//!   the input rows its band of pixels reads into zero-padded planes in a per-thread buffer
+//!   (in L2 when it reads them), split by stride phase when the stride is 2 (even and odd rows
+//!   and columns apart). In "wide" pixel coordinates (the row width of those planes, so a few
+//!   junk columns per row) every row of `col` is then a shifted slice of a plane, so the kernel
+//!   reads it in place through a table of per-depth offsets ([`Source::Band`]), four
+//!   micro-panels per depth block.
 //! - 1x1 convolutions (and other strides): each task gathers the `DEPTH_BLOCK x NR` slices of `col` it
 //!   needs into a small per-thread buffer ([`gather`]), which stays in cache while every
 //!   channel panel uses it (for 1x1 these are plain copies of input row segments).
@@ -45,10 +47,11 @@ pub(crate) const PANEL_ROWS: usize = 8;
 /// Most depth (input channel x kernel tap) per block: the `DEPTH_BLOCK x NR` slice of `col`
 /// a micro-panel reads (24 KiB on AVX-512) stays in L1 while all channel panels use it.
 const DEPTH_BLOCK: usize = 128;
-/// The same for [`Source::Direct`]: its rows share cache lines (the taps of one channel read
+/// The same for [`Source::Band`]: its rows share cache lines (the taps of one channel read
 /// neighbouring pixels), so 288 rows (32 channels of a 3x3) touch about 19 KiB.
 const DIRECT_DEPTH_BLOCK: usize = 288;
-/// Most pixel micro-panels per task of a 1x1 convolution.
+/// Most pixel micro-panels per task of a gathered convolution, and per group (micro-panels
+/// sharing each depth block's weights) of a banded one.
 const MAX_PANELS_PER_TASK: usize = 4;
 /// Most padded input per band of a [`Source::Band`] convolution: with the partial sums and
 /// weights it stays in a core's L2 (2 MiB here, 0.5-1.25 MiB on most laptop cores).
@@ -131,8 +134,9 @@ impl Input<'_> {
 /// Where the kernel reads its right-hand side (the im2col matrix) from.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    /// Convolutions with k > 1 and stride `s` of 1 or 2, in bands of whole output rows: each
-    /// task copies the zero-padded input rows its band reads into a per-thread buffer, split
+    /// Convolutions with k > 1 and stride `s` of 1 or 2, in bands (a task's range of pixels,
+    /// whole rows or not): each task copies the zero-padded input rows its band reads into a
+    /// per-thread buffer, split
     /// into `s * s` phase planes per channel, phase `(py, px)` holding padded pixels
     /// `(s * i + py, s * j + px)` (for stride 1 just the padded rows), `plane_stride` apart.
     /// In "wide" pixel coordinates `q = oy * wide + ox` (with `wide` the phase planes' row
@@ -159,7 +163,7 @@ struct Shared<'a> {
     residual: Option<&'a [f32]>,
     ho: usize,
     wo: usize,
-    /// Row width in the pixel coordinates the tasks run over (`wo` unless `Direct`).
+    /// Row width in the pixel coordinates the tasks run over (`wo` unless `Band`).
     wide: usize,
 }
 
@@ -263,10 +267,10 @@ pub(crate) fn conv(
     tasks.into_par_iter().for_each(|task| isa.dispatch(RunTask { shared: &shared, task }));
 }
 
-/// The distance between padded planes: whole 4 KiB pages plus one cache line. Planes of
-/// 160 x 160 floats are exactly 25 pages apart, so the same pixel of every channel would fall
-/// in one L1 set (12 ways) and a 1x1 convolution over 128 channels would thrash it; with the
-/// extra line, channel `i` starts in set `i mod 64`.
+/// The distance between padded planes: whole 4 KiB pages plus one cache line. Planes a whole
+/// number of pages apart (160 x 160 floats are 25 pages) put the same pixel of every channel in
+/// one L1 set (12 ways), and reading 128 channels thrashed it; with the extra line, channel `i`
+/// starts in set `i mod 64`. Only the rows a band uses are touched.
 fn spaced_plane(len: usize) -> usize {
     len.next_multiple_of(1024) + 16
 }
@@ -418,11 +422,11 @@ impl pulp::WithSimd for RunTask<'_, '_> {
 struct Scratch {
     /// A band's padded input ([`Source::Band`]).
     band: Vec<f32>,
-    /// A micro-panel's gathered depth block ([`Source::Gathered`]).
+    /// A task's gathered depth block, all its micro-panels ([`Source::Gathered`]).
     block: Vec<f32>,
     /// The offset of every depth row in `band` or `block`.
     offsets: Vec<usize>,
-    /// A micro-panel's partial sums between depth blocks.
+    /// Partial sums between depth blocks: a task's (gathered) or a group's (banded).
     sums: Vec<f32>,
 }
 
