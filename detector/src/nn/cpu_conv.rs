@@ -393,6 +393,23 @@ mod tests {
         }
     }
 
+    /// Dilated kernels: the band copy reads `(k - 1) d / s` halo rows below each band.
+    #[test]
+    fn dilated_convolutions_match_candle() {
+        let dev = Device::Cpu;
+        for &(c1, c2, s, d, h, w) in &[(8, 16, 1, 2, 11, 13), (8, 16, 2, 2, 12, 15), (6, 8, 1, 3, 30, 70)] {
+            let x = Tensor::randn(0f32, 1., (2, c1, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.3, (c2, c1, 3, 3), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., c2, &dev).unwrap();
+            let geo = Geometry { c1, c2, k: 3, s, p: d, d, g: 1 };
+            let ours = CpuConv::new(&wt, &b, geo, None).unwrap().forward(&[&x], None).unwrap();
+            let want = x.conv2d(&wt, d, s, d, 1).unwrap().broadcast_add(&b.reshape((1, c2, 1, 1)).unwrap()).unwrap();
+            assert_eq!(ours.dims(), want.dims(), "s{s} d{d}");
+            let diff = (ours - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-4, "s{s} d{d}");
+        }
+    }
+
     /// The bottleneck shortcut added in the epilogue.
     #[test]
     fn adds_the_residual() {
