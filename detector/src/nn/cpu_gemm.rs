@@ -143,9 +143,9 @@ enum Source<'a> {
     /// width, so `wide - wo` junk columns per row), counted from the band's first row, row
     /// `(ci, ky, kx)` of `col` at `q` is then
     /// `band[plane(ci, (ky d % s, kx d % s)) + (ky d / s) * wide + kx d / s + q]`: a plain
-    /// matrix product with offsets. `taps[ky * k + kx]` is the part of that offset that
-    /// depends on the tap alone; `halo` is the phase rows a band reads below its last one.
-    Band { plane_stride: usize, halo: usize, taps: &'a [usize] },
+    /// matrix product with offsets, the same for every band: `offsets[(ci * k + ky) * k + kx]`.
+    /// `halo` is the phase rows a band reads below its last one.
+    Band { plane_stride: usize, halo: usize, offsets: &'a [usize] },
     /// 1x1 convolutions (and strides above 2): gathered per task into micro-panels (see
     /// [`gather`]).
     Gathered,
@@ -213,7 +213,7 @@ pub(crate) fn conv(
     // few, the channels are split as well (below).
     let micro_panels = pixels.div_ceil(nr);
     let per_task = (micro_panels / (4 * threads)).max(1);
-    let taps: Vec<usize>;
+    let offsets: Vec<usize>;
     let (source, per_task) = if banded {
         // Few enough pixels that a band's padded input rows (its own, the halo, and one more
         // where it starts mid-row) stay in the core's L2.
@@ -221,13 +221,15 @@ pub(crate) fn conv(
         let max_rows = (BAND_BYTES / row_bytes).saturating_sub(halo + 1).max(1);
         let per_task = per_task.min((max_rows * wide / nr).max(1));
         let plane_stride = spaced_plane(((per_task * nr).div_ceil(wide) + 1 + halo) * wide);
-        taps = (0..geo.k * geo.k)
-            .map(|tap| {
-                let (dy, dx) = (tap / geo.k * geo.d, tap % geo.k * geo.d);
-                ((dy % s) * s + dx % s) * plane_stride + dy / s * wide + dx / s
+        // Once per convolution: every task's band has the same layout.
+        let taps = geo.k * geo.k;
+        offsets = (0..geo.c1 / geo.g * taps)
+            .map(|row| {
+                let (ci, dy, dx) = (row / taps, row % taps / geo.k * geo.d, row % geo.k * geo.d);
+                (ci * s * s + (dy % s) * s + dx % s) * plane_stride + dy / s * wide + dx / s
             })
             .collect();
-        (Source::Band { plane_stride, halo, taps: &taps }, per_task)
+        (Source::Band { plane_stride, halo, offsets: &offsets }, per_task)
     } else {
         (Source::Gathered, per_task.min(MAX_PANELS_PER_TASK))
     };
@@ -424,7 +426,7 @@ struct Scratch {
     band: Vec<f32>,
     /// A task's gathered depth block, all its micro-panels ([`Source::Gathered`]).
     block: Vec<f32>,
-    /// The offset of every depth row in `band` or `block`.
+    /// The offset of every depth row of a block in `block`.
     offsets: Vec<usize>,
     /// Partial sums between depth blocks: a task's (gathered) or a group's (banded).
     sums: Vec<f32>,
@@ -449,9 +451,8 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     // compiled with the dispatched target features, and nor would the kernel inlined in it.
     let Scratch { mut band, mut block, mut offsets, mut sums } =
         SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
-    offsets.clear();
     match shared.source {
-        Source::Band { plane_stride, halo, taps } => {
+        Source::Band { plane_stride, halo, offsets } => {
             // Pad the band's input rows here, just before they are read: they stay in this
             // core's cache (a separate pass over the whole input left them in L3 or in the
             // other core's cache), and the convolution is one parallel pass instead of two.
@@ -461,10 +462,6 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
             let channels = task.group * c1g..(task.group + 1) * c1g;
             let at = (oy0, band_rows, wide);
             pad_band(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band, nr + wide);
-            // Depth row `ci * taps.len() + t` is tap `t` of input channel `ci` of the group.
-            for ci in 0..c1g {
-                offsets.extend(taps.iter().map(|tap| ci * s * s * plane_stride + tap));
-            }
             let block_depth = depth.div_ceil(depth.div_ceil(DIRECT_DEPTH_BLOCK));
             // Partial sums of a group of micro-panels, a row per output channel.
             let sum_stride = MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH;
