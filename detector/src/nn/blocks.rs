@@ -3,13 +3,14 @@
 use candle_core::{D, Module, Tensor};
 
 use super::conv::{ConvBlock, ConvShape, LoadCtx};
+use super::cpu_conv::CpuConv;
 use super::cpu_pool;
 use crate::error::Result;
 use crate::weights::Weights;
 
 /// Max pooling padded with -inf like PyTorch (padding never wins the max).
 pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> candle_core::Result<Tensor> {
-    if cpu_pool::accepts(x) {
+    if CpuConv::accepts(x) {
         return cpu_pool::max_pool(x, k, s, p);
     }
     if p == 0 {
@@ -25,7 +26,7 @@ pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize) -> candle_core::Result
 
 /// Nearest-neighbour upsampling by an integer factor (the neck's `nn.Upsample`).
 pub fn upsample_nearest(x: &Tensor, scale: usize) -> candle_core::Result<Tensor> {
-    if cpu_pool::accepts(x) {
+    if CpuConv::accepts(x) {
         return cpu_pool::upsample_nearest(x, scale);
     }
     let (_, _, h, w) = x.dims4()?;
@@ -34,7 +35,7 @@ pub fn upsample_nearest(x: &Tensor, scale: usize) -> candle_core::Result<Tensor>
 
 /// `avg_pool2d(x, 2, 1, 0)`: the smoothing step before AConv and ADown.
 fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
-    if cpu_pool::accepts(x) {
+    if CpuConv::accepts(x) {
         return cpu_pool::avg_pool_2x2_s1(x);
     }
     x.avg_pool2d_with_stride(2, 1)

@@ -6,13 +6,8 @@
 //! output plane is one parallel task over contiguous rows, padding is skipped instead of
 //! materialised. Results are identical to Candle's (same summation order, exact 1/4).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
-
-/// Whether `x` can take this path: f32 on the CPU.
-pub(crate) fn accepts(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
 
 /// `avg_pool2d(x, 2, 1, 0)`.
 pub(crate) fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
