@@ -234,13 +234,17 @@ pub(crate) fn conv(
         (Source::Gathered, per_task.min(MAX_PANELS_PER_TASK))
     };
     let shared = Shared { input, source, geo, weights, bias, act, residual, ho, wo, wide };
-    let block_cols = per_task * nr;
-    let pixel_blocks = pixels.div_ceil(block_cols);
+    // Pixel blocks of at most `per_task` micro-panels, a multiple of the thread count of them,
+    // as even as whole micro-panels allow. Cut into blocks of exactly `per_task`, 128 -> 128 at
+    // 40x40 (35 micro-panels) made 8 tasks of 4 and one of 3: nine tasks on two threads.
+    let pixel_blocks = micro_panels.div_ceil(per_task).next_multiple_of(threads).min(micro_panels);
+    // Wide pixel coordinate where each block starts, and the end.
+    let starts: Vec<usize> = (0..pixel_blocks).map(|i| i * micro_panels / pixel_blocks * nr).chain([pixels]).collect();
     let panels = weights.panels();
     let channel_blocks = (4 * threads).div_ceil(pixel_blocks * batch * weights.groups).clamp(1, panels);
     let panels_per_block = panels.div_ceil(channel_blocks);
     // Output pixel ranges of the pixel blocks.
-    let cuts: Vec<usize> = (0..pixel_blocks).map(|i| shared.out_index(i * block_cols)).chain([ho * wo]).collect();
+    let cuts: Vec<usize> = starts.iter().map(|&q| if q == pixels { ho * wo } else { shared.out_index(q) }).collect();
 
     let mut tasks: Vec<Task<'_>> =
         Vec::with_capacity(batch * weights.groups * panels.div_ceil(panels_per_block) * pixel_blocks);
@@ -248,8 +252,8 @@ pub(crate) fn conv(
         for (group, out) in out.chunks_exact_mut(weights.rows * ho * wo).enumerate() {
             let first = tasks.len();
             for block in 0..panels.div_ceil(panels_per_block) {
-                for col in (0..pixels).step_by(block_cols) {
-                    let end = (col + block_cols).min(pixels);
+                for bounds in starts.windows(2) {
+                    let (col, end) = (bounds[0], bounds[1]);
                     let first_panel = block * panels_per_block;
                     let rows = (weights.rows - first_panel * PANEL_ROWS).min(panels_per_block * PANEL_ROWS);
                     tasks.push(Task { image, group, first_panel, rows: Vec::with_capacity(rows), pixels: (col, end) });
