@@ -91,7 +91,7 @@ impl PackedWeights {
     }
 
     /// Depth range `depth` of panel `panel` of group `gi`.
-    fn panel(&self, gi: usize, panel: usize, depth: std::ops::Range<usize>) -> &[[f32; PANEL_ROWS]] {
+    pub(crate) fn panel(&self, gi: usize, panel: usize, depth: std::ops::Range<usize>) -> &[[f32; PANEL_ROWS]] {
         let start = (gi * self.panels() + panel) * self.depth * PANEL_ROWS;
         let all = &self.data[start..start + self.depth * PANEL_ROWS];
         &pulp::as_arrays::<PANEL_ROWS, f32>(all).0[depth]
@@ -277,7 +277,7 @@ pub(crate) fn conv(
 /// number of pages apart (160 x 160 floats are 25 pages) put the same pixel of every channel in
 /// one L1 set (12 ways), and reading 128 channels thrashed it; with the extra line, channel `i`
 /// starts in set `i mod 64`. Only the rows a band uses are touched.
-fn spaced_plane(len: usize) -> usize {
+pub(crate) fn spaced_plane(len: usize) -> usize {
     len.next_multiple_of(1024) + 16
 }
 
@@ -287,7 +287,7 @@ fn spaced_plane(len: usize) -> usize {
 /// `slack` more values follow the last plane (the kernel reads whole micro-panels).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pad_band(
+pub(crate) fn pad_band(
     input: &Input<'_>,
     image: usize,
     channels: std::ops::Range<usize>,
@@ -370,7 +370,7 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
-    fn dispatch<Op: pulp::WithSimd>(self, op: Op) -> Op::Output {
+    pub(crate) fn dispatch<Op: pulp::WithSimd>(self, op: Op) -> Op::Output {
         match self {
             Isa::Native => pulp::Arch::new().dispatch(op),
             #[cfg(test)]
@@ -388,7 +388,7 @@ impl Isa {
 }
 
 /// The micro-panel width (pixels per kernel call) for the dispatched SIMD width.
-struct PanelWidth;
+pub(crate) struct PanelWidth;
 
 impl pulp::WithSimd for PanelWidth {
     type Output = usize;
@@ -401,7 +401,7 @@ impl pulp::WithSimd for PanelWidth {
 }
 
 /// `(ROWS, NV)` of the kernel tile for a SIMD flavour; must match [`RunTask`]'s choice.
-fn tile<S: Simd>() -> (usize, usize) {
+pub(crate) fn tile<S: Simd>() -> (usize, usize) {
     if S::REGISTER_COUNT >= 32 { (8, 3) } else { (4, 3) }
 }
 
@@ -681,7 +681,7 @@ fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, channel: usize, in_
 /// The register tile: `acc[r] += a[kk][lane0 + r] * b[offsets[kk] ..][..NV vectors]` over
 /// the depth block.
 #[inline(always)]
-fn kernel<S: Simd, const ROWS: usize, const NV: usize>(
+pub(crate) fn kernel<S: Simd, const ROWS: usize, const NV: usize>(
     simd: S,
     a: &[[f32; PANEL_ROWS]],
     lane0: usize,

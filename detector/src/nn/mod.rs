@@ -7,4 +7,5 @@ mod cpu_conv;
 mod cpu_decode;
 mod cpu_gemm;
 mod cpu_pool;
+mod cpu_winograd;
 pub mod head;
