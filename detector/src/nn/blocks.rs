@@ -375,6 +375,14 @@ impl CbLinear {
 
 /// CBFuse: nearest-resize the chosen split of each input to the last input's size and sum.
 pub fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<Tensor> {
+    if splits.iter().copied().chain([last]).all(CpuConv::accepts) {
+        return cpu_pool::cb_fuse(splits, last);
+    }
+    cb_fuse_candle(splits, last)
+}
+
+/// [`cb_fuse`] with Candle's ops (GPUs, and other dtypes).
+fn cb_fuse_candle(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<Tensor> {
     let (h, w) = (last.dim(D::Minus2)?, last.dim(D::Minus1)?);
     let mut acc: Option<Tensor> = None;
     for s in splits {
@@ -388,5 +396,35 @@ pub fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<Tensor>
     match acc {
         None => Ok(last.clone()),
         Some(a) => a + last,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The CPU CBFuse equals Candle's ops bit for bit: integer and fractional upsampling
+    /// factors, a term already at the output size, channel slices (CBLinear's splits), batches.
+    #[test]
+    fn cb_fuse_matches_candle_ops() {
+        let dev = Device::Cpu;
+        let last = Tensor::randn(0f32, 1., (2, 3, 8, 12), &dev).unwrap();
+        let wide = Tensor::randn(0f32, 1., (2, 7, 2, 3), &dev).unwrap();
+        let slice = wide.narrow(1, 2, 3).unwrap();
+        let odd = Tensor::randn(0f32, 1., (2, 3, 3, 5), &dev).unwrap();
+        let same = Tensor::randn(0f32, 1., (2, 3, 8, 12), &dev).unwrap();
+        let half = Tensor::randn(0f32, 1., (2, 3, 4, 6), &dev).unwrap();
+        for splits in [vec![], vec![&slice], vec![&slice, &odd, &same, &half], vec![&same]] {
+            let ours = cb_fuse(&splits, &last).unwrap();
+            let want = cb_fuse_candle(&splits, &last).unwrap();
+            let diff = (ours - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{} splits", splits.len());
+        }
+        let wrong = Tensor::randn(0f32, 1., (2, 4, 2, 3), &dev).unwrap();
+        assert!(cb_fuse(&[&wrong], &last).is_err());
     }
 }

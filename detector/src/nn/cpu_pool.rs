@@ -25,6 +25,51 @@ pub(crate) fn upsample_nearest(x: &Tensor, scale: usize) -> candle_core::Result<
     x.apply_op1_no_bwd(&Pool::Nearest { scale })
 }
 
+/// `CBFuse`: `last` plus every split upsampled (nearest) to its size, summed in the official
+/// order (`sum(splits) + last`), in one parallel pass over output planes. Candle's nearest
+/// upsampling and additions each ran on one thread and allocated a tensor: in yolov9-e at 640
+/// the CBFuse to 64x320x320 (four upsampled terms) took 68 ms. The source pixel of output
+/// `(y, x)` is Candle's (and PyTorch's): `min(src - 1, floor(y * src / dst))`.
+pub(crate) fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = last.dims4()?;
+    let terms: Vec<Tensor> =
+        splits.iter().copied().chain([last]).map(Tensor::contiguous).collect::<candle_core::Result<_>>()?;
+    let mut sources = Vec::with_capacity(terms.len());
+    for t in &terms {
+        let (tb, tc, th, tw) = t.dims4()?;
+        if (tb, tc) != (b, c) || th == 0 || tw == 0 {
+            candle_core::bail!("CBFuse: input {:?} does not match {:?}", t.shape(), last.shape());
+        }
+        let index = |src: usize, dst: usize| -> Vec<usize> {
+            let scale = src as f64 / dst as f64;
+            (0..dst).map(|i| ((i as f64 * scale) as usize).min(src - 1)).collect()
+        };
+        sources.push((t.storage_and_layout(), th, tw, index(th, h), index(tw, w)));
+    }
+    let mut data = Vec::with_capacity(sources.len());
+    for ((storage, layout), th, tw, _, _) in &sources {
+        let n = b * c * th * tw;
+        data.push(&super::cpu_conv::f32_data(storage)?[layout.start_offset()..][..n]);
+    }
+    let mut out = vec![0f32; b * c * h * w];
+    out.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
+        for (i, (src, (_, th, tw, rows, cols))) in data.iter().zip(&sources).enumerate() {
+            let src = &src[plane * th * tw..][..th * tw];
+            for (o, &y) in out.chunks_exact_mut(w).zip(rows) {
+                let row = &src[y * tw..][..*tw];
+                if i == 0 {
+                    o.iter_mut().zip(cols).for_each(|(o, &x)| *o = row[x]);
+                } else if *tw == w {
+                    o.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+                } else {
+                    o.iter_mut().zip(cols).for_each(|(o, &x)| *o += row[x]);
+                }
+            }
+        }
+    });
+    Tensor::from_vec(out, (b, c, h, w), last.device())
+}
+
 enum Pool {
     Avg2,
     Max { k: usize, s: usize, p: usize },
