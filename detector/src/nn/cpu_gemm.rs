@@ -425,17 +425,33 @@ impl pulp::WithSimd for RunTask<'_, '_> {
     }
 }
 
-/// Per worker thread, reused across tasks and frames (grown, never shrunk).
+/// Per worker thread, reused across tasks, layers and frames (grown, never shrunk); the
+/// direct path and [`cpu_winograd`](super::cpu_winograd) take turns with it.
 #[derive(Default)]
-struct Scratch {
-    /// A band's padded input ([`Source::Band`]).
-    band: Vec<f32>,
-    /// A task's gathered depth block, all its micro-panels ([`Source::Gathered`]).
-    block: Vec<f32>,
+pub(crate) struct Scratch {
+    /// A band's padded input ([`Source::Band`], and Winograd's phase planes).
+    pub band: Vec<f32>,
+    /// A task's gathered depth block, all its micro-panels ([`Source::Gathered`]), or
+    /// Winograd's transformed input `V`.
+    pub block: Vec<f32>,
     /// The offset of every depth row of a block in `block`.
-    offsets: Vec<usize>,
-    /// Partial sums between depth blocks: a task's (gathered) or a group's (banded).
-    sums: Vec<f32>,
+    pub offsets: Vec<usize>,
+    /// Partial sums between depth blocks, a task's (gathered) or a group's (banded), or
+    /// Winograd's products `M`.
+    pub sums: Vec<f32>,
+}
+
+impl Scratch {
+    /// This thread's scratch, taken out of its thread-local until [`Scratch::put`]. Used this
+    /// way rather than inside `with`: a closure would not be compiled with the dispatched
+    /// target features, and nor would the kernel inlined in it.
+    pub(crate) fn take() -> Self {
+        SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()))
+    }
+
+    pub(crate) fn put(self) {
+        SCRATCH.with(|cell| *cell.borrow_mut() = self)
+    }
 }
 
 thread_local! {
@@ -453,10 +469,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     let rows = task.rows.len();
     let depth = weights.depth;
 
-    // Taken out of the thread-local rather than used inside `with`: a closure would not be
-    // compiled with the dispatched target features, and nor would the kernel inlined in it.
-    let Scratch { mut band, mut block, mut offsets, mut sums } =
-        SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    let Scratch { mut band, mut block, mut offsets, mut sums } = Scratch::take();
     match shared.source {
         Source::Band { plane_stride, halo, offsets } => {
             // Pad the band's input rows here, just before they are read: they stay in this
@@ -515,7 +528,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
             }
         }
     }
-    SCRATCH.with(|cell| *cell.borrow_mut() = Scratch { band, block, offsets, sums });
+    Scratch { band, block, offsets, sums }.put();
 }
 
 /// One depth block of one micro-panel: every channel panel of the task times the `col` slice

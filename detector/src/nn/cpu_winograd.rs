@@ -24,13 +24,11 @@
 //!
 //! [`cpu_gemm`]: super::cpu_gemm
 
-use std::cell::RefCell;
-
 use pulp::Simd;
 use rayon::prelude::*;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
-use super::cpu_gemm::{self, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth};
+use super::cpu_gemm::{self, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch};
 use crate::spec::Activation;
 
 /// Most padded input per band (as for the direct path's bands: it stays in L2).
@@ -169,32 +167,15 @@ impl pulp::WithSimd for RunTask<'_, '_> {
     }
 }
 
-/// Per worker thread, reused across tasks and frames (grown, never shrunk).
-#[derive(Default)]
-struct Scratch {
-    /// The band's padded input in phase planes.
-    band: Vec<f32>,
-    /// `V[xi][ci][tile]` of one micro-panel.
-    v: Vec<f32>,
-    /// `M[xi][c2][tile]` of one micro-panel.
-    m: Vec<f32>,
-    /// Offsets of `V`'s depth rows (`ci * nr`).
-    offsets: Vec<usize>,
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
 #[inline(always)]
 fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) {
     let lanes = S::F32_LANES;
     let nr = NV * lanes;
     let Shared { weights, wide, plane_stride, .. } = *shared;
     let (c1, c2) = (weights.c1, weights.c2);
-    // Taken out of the thread-local rather than used inside `with`: a closure would not be
-    // compiled with the dispatched target features.
-    let Scratch { mut band, mut v, mut m, mut offsets } = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    // The band's phase planes; `V[xi][ci][tile]` and `M[xi][c2][tile]` of one micro-panel;
+    // the offsets of `V`'s depth rows (`ci * nr`).
+    let Scratch { mut band, block: mut v, mut offsets, sums: mut m } = Scratch::take();
     let band_rows = task.ty1 - task.ty0 + 1;
     let at = (task.ty0, band_rows, wide);
     cpu_gemm::pad_band(&shared.input, task.image, 0..c1, (1, 2), at, plane_stride, &mut band, nr + wide);
@@ -277,7 +258,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
             }
         }
     }
-    SCRATCH.with(|cell| *cell.borrow_mut() = Scratch { band, v, m, offsets });
+    Scratch { band, block: v, offsets, sums: m }.put();
 }
 
 /// `M[xi] = U[xi] @ V[xi]` for the 16 tile positions and output `channels`, `TV` vectors of
