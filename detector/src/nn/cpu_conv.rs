@@ -117,6 +117,11 @@ impl CpuConv {
         if c != self.geo.c1 {
             candle_core::bail!("conv: expected {} input channels, got {c}", self.geo.c1);
         }
+        // Both paths cut the output into rows and tiles: an empty map has none.
+        let span = self.geo.d * (self.geo.k - 1) + 1;
+        if h.min(w) == 0 || h.min(w) + 2 * self.geo.p < span {
+            candle_core::bail!("conv: a {h}x{w} input is smaller than the {}x{} kernel", self.geo.k, self.geo.k);
+        }
         let (ho, wo) = self.geo.out_size(h, w);
         let shape = Shape::from((b, self.geo.c2, ho, wo));
         let residual = residual.map(Tensor::contiguous).transpose()?;
@@ -466,6 +471,20 @@ mod tests {
                     assert!(diff < 1e-4, "{c1}->{c2} {h}x{w} b{batch} {act:?} {isa:?}: max diff {diff}");
                 }
             }
+        }
+    }
+
+    /// Empty maps and maps smaller than the kernel are an error, not a panic.
+    #[test]
+    fn refuses_maps_smaller_than_the_kernel() {
+        let dev = Device::Cpu;
+        let wt = Tensor::randn(0f32, 0.3, (4, 3, 3, 3), &dev).unwrap();
+        let b = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        for (p, h, w) in [(1, 0, 5), (1, 4, 0), (0, 2, 5)] {
+            let geo = Geometry { c1: 3, c2: 4, k: 3, s: 1, p, d: 1, g: 1 };
+            let x = Tensor::zeros((1, 3, h, w), DType::F32, &dev).unwrap();
+            let err = CpuConv::new(&wt, &b, geo, None).unwrap().forward(&[&x], None).unwrap_err();
+            assert!(err.to_string().contains("smaller than the 3x3 kernel"), "{err}");
         }
     }
 
