@@ -33,6 +33,8 @@ use crate::spec::Activation;
 
 /// Most padded input per band (as for the direct path's bands: it stays in L2).
 const BAND_BYTES: usize = 1024 * 1024;
+/// The widest vector of f32 that `pulp` dispatches to (AVX-512).
+const MAX_LANES: usize = 16;
 
 /// The kernel transform `U = G g G^T` of every 3x3 kernel, as 16 `[c2, c1]` matrices packed
 /// for the register kernel.
@@ -247,7 +249,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 let y = [y00, y01, y10, y11];
                 let (bias, act) = (shared.bias[c], shared.act);
                 let activated = bias_act_vec::<S, 4>(simd, &y, bias, act);
-                let mut tmp = [[0f32; 16]; 4];
+                let mut tmp = [[0f32; MAX_LANES]; 4];
                 for (tmp, y) in tmp.iter_mut().zip(activated.unwrap_or(y)) {
                     S::as_mut_simd_f32s(&mut tmp[..lanes]).0[0] = y;
                 }
@@ -312,7 +314,7 @@ fn load<S: Simd>(x: &[f32]) -> S::f32s {
 /// `y[2 i + j][l]` is output pixel `(2 ty + i, 2 tx + j)` of tile `q + l`. Junk tiles and
 /// pixels past the map's edge are dropped; the shortcut is added to what is written.
 #[inline(always)]
-fn write_tiles(shared: &Shared<'_>, task: &mut Task<'_>, c: usize, q: usize, n: usize, y: &[[f32; 16]; 4]) {
+fn write_tiles(shared: &Shared<'_>, task: &mut Task<'_>, c: usize, q: usize, n: usize, y: &[[f32; MAX_LANES]; 4]) {
     let (h, w, wide) = (shared.input.h, shared.input.w, shared.wide);
     let tw = wide - 1;
     let plane = (task.image * shared.weights.c2 + c) * h * w;
