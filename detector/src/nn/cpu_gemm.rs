@@ -272,7 +272,7 @@ pub(crate) fn conv(
             }
         }
     }
-    tasks.into_par_iter().for_each(|task| isa.dispatch(RunTask { shared: &shared, task }));
+    tasks.into_par_iter().for_each(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })));
 }
 
 /// The distance between padded planes: whole 4 KiB pages plus one cache line. Planes a whole
@@ -402,9 +402,27 @@ impl pulp::WithSimd for PanelWidth {
     }
 }
 
-/// `(ROWS, NV)` of the kernel tile for a SIMD flavour; must match [`RunTask`]'s choice.
+/// `(ROWS, NV)` of the kernel tile for a SIMD flavour; [`WithTile`] runs with it.
 pub(crate) fn tile<S: Simd>() -> (usize, usize) {
     if S::REGISTER_COUNT >= 32 { (8, 3) } else { (4, 3) }
+}
+
+/// Work that runs the register kernel with a `ROWS x NV` tile.
+pub(crate) trait TileTask {
+    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S);
+}
+
+/// Runs a [`TileTask`] compiled for the dispatched SIMD flavour, with that flavour's [`tile`]
+/// as constants (the direct and Winograd paths both go through here).
+pub(crate) struct WithTile<T>(pub T);
+
+impl<T: TileTask> pulp::WithSimd for WithTile<T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        if tile::<S>() == (8, 3) { self.0.run::<S, 8, 3>(simd) } else { self.0.run::<S, 4, 3>(simd) }
+    }
 }
 
 struct RunTask<'s, 'a> {
@@ -412,16 +430,10 @@ struct RunTask<'s, 'a> {
     task: Task<'a>,
 }
 
-impl pulp::WithSimd for RunTask<'_, '_> {
-    type Output = ();
-
+impl TileTask for RunTask<'_, '_> {
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        if tile::<S>() == (8, 3) {
-            run_task::<S, 8, 3>(simd, self.shared, self.task)
-        } else {
-            run_task::<S, 4, 3>(simd, self.shared, self.task)
-        }
+    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) {
+        run_task::<S, ROWS, NV>(simd, self.shared, self.task)
     }
 }
 

@@ -28,7 +28,7 @@ use pulp::Simd;
 use rayon::prelude::*;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
-use super::cpu_gemm::{self, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch};
+use super::cpu_gemm::{self, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile};
 use crate::spec::Activation;
 
 /// Most padded input per band (as for the direct path's bands: it stays in L2).
@@ -148,7 +148,7 @@ pub(crate) fn conv(
             }
         }
     }
-    tasks.into_par_iter().for_each(|task| isa.dispatch(RunTask { shared: &shared, task }));
+    tasks.into_par_iter().for_each(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })));
 }
 
 struct RunTask<'s, 'a> {
@@ -156,16 +156,10 @@ struct RunTask<'s, 'a> {
     task: Task<'a>,
 }
 
-impl pulp::WithSimd for RunTask<'_, '_> {
-    type Output = ();
-
+impl TileTask for RunTask<'_, '_> {
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        if cpu_gemm::tile::<S>() == (8, 3) {
-            run_task::<S, 8, 3>(simd, self.shared, self.task)
-        } else {
-            run_task::<S, 4, 3>(simd, self.shared, self.task)
-        }
+    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) {
+        run_task::<S, ROWS, NV>(simd, self.shared, self.task)
     }
 }
 
