@@ -28,7 +28,7 @@ fn require(tool: &str) {
 /// socket. Killed outright (SIGKILL), each run left both behind in /tmp, and after 50 runs on
 /// one machine no display number in the range the test once picked from was free.
 struct XServer {
-    child: Child,
+    child: Reaped,
     /// Xvfb's stdout, kept open: it wrote the display number there.
     _stdout: BufReader<ChildStdout>,
     display: String,
@@ -48,22 +48,18 @@ impl XServer {
         let mut number = String::new();
         stdout.read_line(&mut number).unwrap();
         let number: u32 = number.trim().parse().unwrap_or_else(|_| panic!("Xvfb did not start: {number:?}"));
-        Self { child, _stdout: stdout, display: format!(":{number}") }
+        Self { child: Reaped(child), _stdout: stdout, display: format!(":{number}") }
     }
 }
 
 impl Drop for XServer {
+    /// SIGTERM, then up to 5 s for Xvfb to exit; [`Reaped`] kills and reaps it after that.
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
+        while Instant::now() < deadline && matches!(self.child.0.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
