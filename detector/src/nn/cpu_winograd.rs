@@ -250,7 +250,15 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 if activated.is_none() {
                     tmp.iter_mut().for_each(|t| bias_act(&mut t[..lanes], bias, act));
                 }
-                write_tiles(shared, &mut task, c, q, (tiles - q).min(lanes), &tmp);
+                // Each output row of the tiles: the left and right columns interleaved.
+                let mut pairs = [[0f32; 2 * MAX_LANES]; 2];
+                for (i, pairs) in pairs.iter_mut().enumerate() {
+                    for l in 0..lanes {
+                        pairs[2 * l] = tmp[2 * i][l];
+                        pairs[2 * l + 1] = tmp[2 * i + 1][l];
+                    }
+                }
+                write_tiles(shared, &mut task, c, q, (tiles - q).min(lanes), &pairs);
             }
         }
     }
@@ -305,10 +313,17 @@ fn load<S: Simd>(x: &[f32]) -> S::f32s {
 }
 
 /// Writes the finished 2x2 tiles `q .. q + n` (band tile coordinates) of output channel `c`:
-/// `y[2 i + j][l]` is output pixel `(2 ty + i, 2 tx + j)` of tile `q + l`. Junk tiles and
+/// `pairs[i][2 l + j]` is output pixel `(2 ty + i, 2 tx + j)` of tile `q + l`. Junk tiles and
 /// pixels past the map's edge are dropped; the shortcut is added to what is written.
 #[inline(always)]
-fn write_tiles(shared: &Shared<'_>, task: &mut Task<'_>, c: usize, q: usize, n: usize, y: &[[f32; MAX_LANES]; 4]) {
+fn write_tiles(
+    shared: &Shared<'_>,
+    task: &mut Task<'_>,
+    c: usize,
+    q: usize,
+    n: usize,
+    pairs: &[[f32; 2 * MAX_LANES]; 2],
+) {
     let (h, w, wide) = (shared.input.h, shared.input.w, shared.wide);
     let tw = wide - 1;
     let plane = (task.image * shared.weights.c2 + c) * h * w;
@@ -319,24 +334,15 @@ fn write_tiles(shared: &Shared<'_>, task: &mut Task<'_>, c: usize, q: usize, n: 
         let (ty, tx) = ((q + l) / wide, (q + l) % wide);
         // A run of tiles within one tile row (the junk column ends it).
         let run = (tw.saturating_sub(tx)).min(n - l);
-        for i in 0..2 {
+        for (i, pairs) in pairs.iter().enumerate() {
             let oy = first_row + 2 * ty + i;
             if oy >= h || run == 0 {
                 continue;
             }
-            let x0 = 2 * tx;
-            let x1 = (2 * (tx + run)).min(w);
-            let dst = &mut rows[(oy - first_row) * w + x0..(oy - first_row) * w + x1];
-            let (even, odd) = (&y[2 * i][l..l + run], &y[2 * i + 1][l..l + run]);
-            let mut pairs = dst.chunks_exact_mut(2);
-            for ((pair, e), o) in (&mut pairs).zip(even).zip(odd) {
-                pair[0] = *e;
-                pair[1] = *o;
-            }
             // An odd map width: the last tile's right column is past the edge.
-            if let [last] = pairs.into_remainder() {
-                *last = even[run - 1];
-            }
+            let (x0, x1) = (2 * tx, (2 * (tx + run)).min(w));
+            let dst = &mut rows[(oy - first_row) * w + x0..(oy - first_row) * w + x1];
+            dst.copy_from_slice(&pairs[2 * l..2 * l + x1 - x0]);
             if let Some(res) = shared.residual {
                 let res = &res[plane + oy * w + x0..plane + oy * w + x1];
                 dst.iter_mut().zip(res).for_each(|(v, r)| *v += r);
