@@ -18,7 +18,6 @@
 
 use candle_core::{CpuStorage, DType, Device, Shape, Storage, Tensor};
 use pulp::Simd;
-use rayon::iter::ParallelExtend;
 
 use super::cpu_gemm::{self, Input, Isa, PackedWeights, Part};
 use super::cpu_winograd::{self, WinogradWeights};
@@ -152,28 +151,33 @@ impl CpuConv {
             None => None,
         };
         let input = Input { parts: &parts, h, w };
-        // Large outputs are zeroed on all threads: filled on the calling thread alone, this took
-        // about a tenth of a gelan-s pass while the workers waited. Small ones take less time
-        // than waking the workers.
+        // The output is written once, by the tasks, and never zeroed (see `cpu_gemm::Filler`).
         let n = shape.elem_count();
-        let mut out = if n < SERIAL_ZEROING {
-            vec![0f32; n]
-        } else {
-            let mut out = Vec::with_capacity(n);
-            out.par_extend(rayon::iter::repeat_n(0f32, n));
-            out
+        let mut out = Vec::with_capacity(n);
+        let filled = match &self.weights {
+            Packed::Direct(w) => {
+                let out = &mut out.spare_capacity_mut()[..n];
+                cpu_gemm::conv(isa, input, b, self.geo, w, &self.bias, self.act, residual, out)
+            }
+            Packed::Winograd(w) => {
+                let out = &mut out.spare_capacity_mut()[..n];
+                cpu_winograd::conv(isa, input, b, w, &self.bias, self.act, residual, out)
+            }
         };
-        match &self.weights {
-            Packed::Direct(w) => cpu_gemm::conv(isa, input, b, self.geo, w, &self.bias, self.act, residual, &mut out),
-            Packed::Winograd(w) => cpu_winograd::conv(isa, input, b, w, &self.bias, self.act, residual, &mut out),
+        if !filled {
+            candle_core::bail!("conv: internal error: the output {shape:?} was not completely written");
         }
+        // SAFETY: `n` is within the capacity, and the first `n` values of the spare capacity are
+        // initialised: the convolution cut them into disjoint `Filler`s that cover all of them,
+        // each only written from front to back by `write_copy_of_slice`, and it reported that
+        // every `Filler` was full.
+        #[allow(unsafe_code)]
+        unsafe {
+            out.set_len(n)
+        };
         Tensor::from_vec(out, shape, &Device::Cpu)
     }
 }
-
-/// Outputs smaller than this (in floats, 256 KiB) are zeroed on the calling thread. gelan-s
-/// at 320 ran 3 % faster with this than with every output zeroed in parallel (1 MiB: the same).
-const SERIAL_ZEROING: usize = 1 << 16;
 
 /// The f32 data of a CPU storage.
 pub(crate) fn f32_data(storage: &Storage) -> candle_core::Result<&[f32]> {

@@ -32,9 +32,10 @@
 //!   place instead of copied by `cat`.
 //!
 //! Tasks are (image, group, channel block, pixel block), spread over rayon's threads; each
-//! writes disjoint row segments of the NCHW output.
+//! writes disjoint row segments of the NCHW output, which is never zeroed ([`Filler`]).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use pulp::Simd;
 use rayon::prelude::*;
@@ -180,15 +181,16 @@ impl Shared<'_> {
 struct Task<'a> {
     image: usize,
     group: usize,
-    /// First channel panel (within the group) and the rows of the block, one slice per output
+    /// First channel panel (within the group) and the rows of the block, one per output
     /// channel, each covering the output pixels of wide coordinates `pixels.0 .. pixels.1`.
     first_panel: usize,
-    rows: Vec<&'a mut [f32]>,
+    rows: Vec<Filler<'a>>,
     pixels: (usize, usize),
 }
 
 /// `out = act(conv(input) + bias) (+ residual)` for a whole batch; `out` is the contiguous
-/// NCHW output `[batch, c2, ho, wo]`.
+/// NCHW output `[batch, c2, ho, wo]`, uninitialised. Returns whether every value of it was
+/// written.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv(
     isa: Isa,
@@ -199,8 +201,8 @@ pub(crate) fn conv(
     bias: &[f32],
     act: Option<Activation>,
     residual: Option<&[f32]>,
-    out: &mut [f32],
-) {
+    out: &mut [MaybeUninit<f32>],
+) -> bool {
     let (ho, wo) = geo.out_size(input.h, input.w);
     let nr = isa.dispatch(PanelWidth);
     let threads = rayon::current_num_threads().max(1);
@@ -250,6 +252,7 @@ pub(crate) fn conv(
 
     let mut tasks: Vec<Task<'_>> =
         Vec::with_capacity(batch * weights.groups * panels.div_ceil(panels_per_block) * pixel_blocks);
+    let out_len = out.len();
     for (image, out) in out.chunks_exact_mut(geo.c2 * ho * wo).enumerate().take(batch) {
         for (group, out) in out.chunks_exact_mut(weights.rows * ho * wo).enumerate() {
             let first = tasks.len();
@@ -266,13 +269,48 @@ pub(crate) fn conv(
                 let block = row / PANEL_ROWS / panels_per_block;
                 for (i, bounds) in cuts.windows(2).enumerate() {
                     let (segment, rest) = out.split_at_mut(bounds[1] - bounds[0]);
-                    tasks[first + block * pixel_blocks + i].rows.push(segment);
+                    tasks[first + block * pixel_blocks + i].rows.push(Filler(segment));
                     out = rest;
                 }
             }
         }
     }
-    tasks.into_par_iter().for_each(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })));
+    // Every output value is in one task's rows (see `Filler`).
+    let covered: usize = tasks.iter().flat_map(|task| &task.rows).map(Filler::len).sum();
+    if covered != out_len {
+        return false;
+    }
+    let unfilled = tasks
+        .into_par_iter()
+        .map(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
+        .filter(|filled| !filled)
+        .count();
+    unfilled == 0
+}
+
+/// A part of an uninitialised output that a task fills from front to back, each value once.
+/// Outputs used to be zeroed first so that they could be `&mut [f32]`: for the large maps of
+/// 1x1 and stride-2 convolutions, which move much memory for few multiply-adds, that was a whole
+/// extra pass over memory.
+pub(crate) struct Filler<'a>(pub &'a mut [MaybeUninit<f32>]);
+
+impl<'a> Filler<'a> {
+    /// Writes `values` at the front of what is left to fill and returns them, initialised.
+    #[inline(always)]
+    pub fn push(&mut self, values: &[f32]) -> &'a mut [f32] {
+        let (head, rest) = std::mem::take(&mut self.0).split_at_mut(values.len());
+        self.0 = rest;
+        head.write_copy_of_slice(values)
+    }
+
+    /// Values left to fill.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The distance between padded planes: an odd number of cache lines, so that channel `i`'s
@@ -412,7 +450,8 @@ pub(crate) fn tile<S: Simd>() -> (usize, usize) {
 
 /// Work that runs the register kernel with a `ROWS x NV` tile.
 pub(crate) trait TileTask {
-    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S);
+    type Output;
+    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) -> Self::Output;
 }
 
 /// Runs a [`TileTask`] compiled for the dispatched SIMD flavour, with that flavour's [`tile`]
@@ -420,10 +459,10 @@ pub(crate) trait TileTask {
 pub(crate) struct WithTile<T>(pub T);
 
 impl<T: TileTask> pulp::WithSimd for WithTile<T> {
-    type Output = ();
+    type Output = T::Output;
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
+    fn with_simd<S: Simd>(self, simd: S) -> T::Output {
         if tile::<S>() == (8, 3) { self.0.run::<S, 8, 3>(simd) } else { self.0.run::<S, 4, 3>(simd) }
     }
 }
@@ -434,8 +473,11 @@ struct RunTask<'s, 'a> {
 }
 
 impl TileTask for RunTask<'_, '_> {
+    /// Whether the task filled all its rows.
+    type Output = bool;
+
     #[inline(always)]
-    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) {
+    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) -> bool {
         run_task::<S, ROWS, NV>(simd, self.shared, self.task)
     }
 }
@@ -474,7 +516,7 @@ thread_local! {
 }
 
 #[inline(always)]
-fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) {
+fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) -> bool {
     let nr = NV * S::F32_LANES;
     let weights = shared.weights;
     let geo = shared.geo;
@@ -544,6 +586,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
         }
     }
     Scratch { band, block, offsets, sums }.put();
+    task.rows.iter().all(Filler::is_full)
 }
 
 /// One depth block of one micro-panel: every channel panel of the task times the `col` slice
@@ -611,7 +654,7 @@ impl<'p, 's, 'a> PanelPass<'p, 's, 'a> {
         let tile_width = TV * S::F32_LANES;
         let rows = task.rows.len();
         let first_channel = task.group * weights.rows + task.first_panel * PANEL_ROWS;
-        let (p0, out0) = (task.pixels.0, shared.out_index(task.pixels.0));
+        let p0 = task.pixels.0;
         for row0 in (0..rows).step_by(ROWS) {
             let panel = task.first_panel + row0 / PANEL_ROWS;
             let a = weights.panel(task.group, panel, k0..k0 + offsets.len());
@@ -635,9 +678,9 @@ impl<'p, 's, 'a> PanelPass<'p, 's, 'a> {
                     break;
                 }
                 if last {
-                    let out = &mut *task.rows[row0 + r];
+                    let out = &mut task.rows[row0 + r];
                     let channel = first_channel + row0 + r;
-                    finish::<S, TV>(simd, shared, acc, out, out0, p0 + c0, width, task.image, channel);
+                    finish::<S, TV>(simd, shared, acc, out, p0 + c0, width, task.image, channel);
                 } else {
                     store::<S, TV>(simd, acc, &mut sums[sum_at(r)..][..tile_width]);
                 }
@@ -646,18 +689,16 @@ impl<'p, 's, 'a> PanelPass<'p, 's, 'a> {
     }
 }
 
-/// Writes one finished tile row (wide pixels `q .. q + width`) into the output row `out`
-/// (which starts at output pixel `out0`), dropping junk columns. Bias and activation are
-/// applied in registers where they can be (else after the store, while the row is in L1),
-/// then the shortcut is added.
+/// Writes one finished tile row (wide pixels `q .. q + width`) into the output row `out`,
+/// dropping junk columns. Bias and activation are applied in registers where they can be (else
+/// after the store, while the row is in L1), then the shortcut is added.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn finish<S: Simd, const NV: usize>(
     simd: S,
     shared: &Shared<'_>,
     acc: &[S::f32s; NV],
-    out: &mut [f32],
-    out0: usize,
+    out: &mut Filler<'_>,
     q: usize,
     width: usize,
     image: usize,
@@ -670,26 +711,24 @@ fn finish<S: Simd, const NV: usize>(
         None => (acc, false),
     };
     let at_channel = (image * shared.geo.c2 + channel) * shared.ho * shared.wo;
-    if wide == wo || q % wide + width <= wo {
-        // The tile row is one run of real pixels.
-        let at = shared.out_index(q);
-        let dst = &mut out[at - out0..][..width];
-        store::<S, NV>(simd, acc, dst);
-        epilogue(shared, dst, at_channel + at, channel, in_registers);
-        return;
-    }
     let mut tmp = [0f32; MAX_PANEL_WIDTH];
     store::<S, NV>(simd, acc, &mut tmp[..NV * S::F32_LANES]);
+    if wide == wo || q % wide + width <= wo {
+        // The tile row is one run of real pixels.
+        // A whole tile row is a copy of constant length: vector moves rather than `memcpy`.
+        let full = NV * S::F32_LANES;
+        let dst = if width == full { out.push(&tmp[..full]) } else { out.push(&tmp[..width]) };
+        epilogue(shared, dst, at_channel + shared.out_index(q), channel, in_registers);
+        return;
+    }
     let mut j = q;
     while j < q + width {
         let ox = j % wide;
         let seg = (wide - ox).min(q + width - j);
         if ox < wo {
             let n = seg.min(wo - ox);
-            let at = shared.out_index(j);
-            let dst = &mut out[at - out0..][..n];
-            dst.copy_from_slice(&tmp[j - q..][..n]);
-            epilogue(shared, dst, at_channel + at, channel, in_registers);
+            let dst = out.push(&tmp[j - q..][..n]);
+            epilogue(shared, dst, at_channel + shared.out_index(j), channel, in_registers);
         }
         j += seg;
     }

@@ -24,11 +24,13 @@
 //!
 //! [`cpu_gemm`]: super::cpu_gemm
 
+use std::mem::MaybeUninit;
+
 use pulp::Simd;
 use rayon::prelude::*;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
-use super::cpu_gemm::{self, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile};
+use super::cpu_gemm::{self, Filler, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile};
 use crate::spec::Activation;
 
 /// Most padded input per band (as for the direct path's bands: it stays in L2).
@@ -81,18 +83,20 @@ struct Shared<'a> {
     plane_stride: usize,
 }
 
-/// Tile rows `ty0 .. ty1` of one image and output channels `channels`; `rows[i]` is output
-/// channel `channels.start + i`'s rows `2 ty0 .. min(2 ty1, h)`.
+/// Tile rows `ty0 .. ty1` of one image and output channels `channels`; `rows` are output
+/// channel `channels.start`'s rows `2 ty0 .. min(2 ty1, h)`, then the next channel's. A tile
+/// row writes two output rows a run of tiles at a time, so each row is filled on its own.
 struct Task<'a> {
     image: usize,
     ty0: usize,
     ty1: usize,
     channels: std::ops::Range<usize>,
-    rows: Vec<&'a mut [f32]>,
+    rows: Vec<Filler<'a>>,
 }
 
 /// `out = act(conv3x3(input) + bias) (+ residual)` with padding 1, for a whole batch; `out`
-/// is the contiguous NCHW output `[batch, c2, h, w]`.
+/// is the contiguous NCHW output `[batch, c2, h, w]`, uninitialised. Returns whether every
+/// value of it was written.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv(
     isa: Isa,
@@ -102,8 +106,8 @@ pub(crate) fn conv(
     bias: &[f32],
     act: Option<Activation>,
     residual: Option<&[f32]>,
-    out: &mut [f32],
-) {
+    out: &mut [MaybeUninit<f32>],
+) -> bool {
     let (h, w, c2) = (input.h, input.w, weights.c2);
     let nr = isa.dispatch(PanelWidth);
     let threads = rayon::current_num_threads().max(1);
@@ -132,12 +136,13 @@ pub(crate) fn conv(
     let shared = Shared { input, weights, bias, act, residual, wide, plane_stride };
 
     let mut tasks = Vec::with_capacity(batch * c2.div_ceil(block_channels) * bands);
+    let out_len = out.len();
     for (image, out) in out.chunks_exact_mut(c2 * h * w).enumerate().take(batch) {
         let first = tasks.len();
         for c0 in (0..c2).step_by(block_channels) {
             let channels = c0..(c0 + block_channels).min(c2);
             for b in starts.windows(2) {
-                let rows = Vec::with_capacity(channels.len());
+                let rows = Vec::with_capacity(channels.len() * ((2 * b[1]).min(h) - 2 * b[0]));
                 tasks.push(Task { image, ty0: b[0], ty1: b[1], channels: channels.clone(), rows });
             }
         }
@@ -145,12 +150,22 @@ pub(crate) fn conv(
             for (i, b) in starts.windows(2).enumerate() {
                 let len = ((2 * b[1]).min(h) - 2 * b[0]) * w;
                 let (segment, rest) = plane.split_at_mut(len);
-                tasks[first + c / block_channels * bands + i].rows.push(segment);
+                tasks[first + c / block_channels * bands + i].rows.extend(segment.chunks_exact_mut(w).map(Filler));
                 plane = rest;
             }
         }
     }
-    tasks.into_par_iter().for_each(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })));
+    // Every output value is in one task's rows (see `Filler`).
+    let covered: usize = tasks.iter().flat_map(|task| &task.rows).map(Filler::len).sum();
+    if covered != out_len {
+        return false;
+    }
+    let unfilled = tasks
+        .into_par_iter()
+        .map(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
+        .filter(|filled| !filled)
+        .count();
+    unfilled == 0
 }
 
 struct RunTask<'s, 'a> {
@@ -159,14 +174,17 @@ struct RunTask<'s, 'a> {
 }
 
 impl TileTask for RunTask<'_, '_> {
+    /// Whether the task filled all its rows.
+    type Output = bool;
+
     #[inline(always)]
-    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) {
+    fn run<S: Simd, const ROWS: usize, const NV: usize>(self, simd: S) -> bool {
         run_task::<S, ROWS, NV>(simd, self.shared, self.task)
     }
 }
 
 #[inline(always)]
-fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) {
+fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Shared<'_>, mut task: Task<'_>) -> bool {
     let lanes = S::F32_LANES;
     let nr = NV * lanes;
     let Shared { weights, wide, plane_stride, .. } = *shared;
@@ -265,6 +283,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
         }
     }
     Scratch { band, block: v, offsets, sums: m }.put();
+    task.rows.iter().all(Filler::is_full)
 }
 
 /// `M[xi] = U[xi] @ V[xi]` for the 16 tile positions and output `channels`, `TV` vectors of
@@ -330,7 +349,8 @@ fn write_tiles(
     let tw = wide - 1;
     let plane = (task.image * shared.weights.c2 + c) * h * w;
     let first_row = 2 * task.ty0;
-    let rows = &mut *task.rows[c - task.channels.start];
+    let band_rows = (2 * task.ty1).min(h) - first_row;
+    let rows = &mut task.rows[(c - task.channels.start) * band_rows..][..band_rows];
     let mut l = 0;
     while l < n {
         let (ty, tx) = ((q + l) / wide, (q + l) % wide);
@@ -343,8 +363,7 @@ fn write_tiles(
             }
             // An odd map width: the last tile's right column is past the edge.
             let (x0, x1) = (2 * tx, (2 * (tx + run)).min(w));
-            let dst = &mut rows[(oy - first_row) * w + x0..(oy - first_row) * w + x1];
-            dst.copy_from_slice(&pairs[2 * l..2 * l + x1 - x0]);
+            let dst = rows[oy - first_row].push(&pairs[2 * l..2 * l + x1 - x0]);
             if let Some(res) = shared.residual {
                 let res = &res[plane + oy * w + x0..plane + oy * w + x1];
                 dst.iter_mut().zip(res).for_each(|(v, r)| *v += r);
