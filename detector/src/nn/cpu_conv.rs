@@ -169,8 +169,9 @@ impl CpuConv {
         }
         // SAFETY: `n` is within the capacity, and the first `n` values of the spare capacity are
         // initialised: the convolution cut them into disjoint `Filler`s that cover all of them,
-        // each only written from front to back by `write_copy_of_slice`, and it reported that
-        // every `Filler` was full.
+        // each filled from front to back by `Filler::push` (which writes every value it takes
+        // off the front, with `MaybeUninit::write*`), and it reported that every `Filler` was
+        // full.
         #[allow(unsafe_code)]
         unsafe {
             out.set_len(n)
@@ -432,6 +433,32 @@ mod tests {
                 let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
                 let tol = 1e-4 * (scale / 10.0).max(1.0);
                 assert!(diff < tol, "{c1}->{c2} k{k} s{s} g{g} {act:?} {isa:?}: max diff {diff} (tolerance {tol})");
+            }
+        }
+    }
+
+    /// Outputs are written a run of pixels at a time (never zeroed first), in copies whose
+    /// code depends on the run's length: every length from 1 to past a micro-panel, through
+    /// the direct path (1x1 and stride 2, junk columns cutting rows) and Winograd (tile rows),
+    /// with and without the shortcut.
+    #[test]
+    fn writes_runs_of_every_length() {
+        let dev = Device::Cpu;
+        for w in 1..=70 {
+            for (c1, c2, k, s, h) in [(4, 8, 1, 1, 2), (4, 8, 3, 2, 3), (4, 8, 3, 1, 3)] {
+                let p = k / 2;
+                let x = Tensor::randn(0f32, 1., (1, c1, h, w), &dev).unwrap();
+                let wt = Tensor::randn(0f32, 0.3, (c2, c1, k, k), &dev).unwrap();
+                let b = Tensor::randn(0f32, 1., c2, &dev).unwrap();
+                let conv = CpuConv::new(&wt, &b, Geometry { c1, c2, k, s, p, d: 1, g: 1 }, None).unwrap();
+                let want =
+                    x.conv2d(&wt, p, s, 1, 1).unwrap().broadcast_add(&b.reshape((1, c2, 1, 1)).unwrap()).unwrap();
+                let res = Tensor::randn(0f32, 1., want.shape(), &dev).unwrap();
+                for (residual, want) in [(None, want.clone()), (Some(&res), (&want + &res).unwrap())] {
+                    let ours = conv.forward(&[&x], residual).unwrap();
+                    let diff = (ours - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(diff < 1e-4, "{c1}->{c2} k{k} s{s} {h}x{w}: {diff}");
+                }
             }
         }
     }

@@ -295,12 +295,40 @@ pub(crate) fn conv(
 pub(crate) struct Filler<'a>(pub &'a mut [MaybeUninit<f32>]);
 
 impl<'a> Filler<'a> {
-    /// Writes `values` at the front of what is left to fill and returns them, initialised.
+    /// Writes `values` at the front of what is left to fill.
+    ///
+    /// Copies of up to 64 values are two copies of constant length that overlap in the
+    /// middle, which compile to vector moves. A copy of variable length is a call to `memmove`,
+    /// and from AVX-512 code a `vzeroupper` before it, which costs the caller its vector
+    /// registers: the split rows of every tile went that way.
     #[inline(always)]
-    pub fn push(&mut self, values: &[f32]) -> &'a mut [f32] {
-        let (head, rest) = std::mem::take(&mut self.0).split_at_mut(values.len());
+    pub fn push(&mut self, values: &[f32]) {
+        let n = values.len();
+        let (head, rest) = std::mem::take(&mut self.0).split_at_mut(n);
         self.0 = rest;
-        head.write_copy_of_slice(values)
+        #[inline(always)]
+        fn two<const W: usize>(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+            let n = src.len();
+            // Together the two copies cover all of `dst` (the match below only calls this with
+            // such lengths; the check costs nothing there).
+            assert!(W <= n && n <= 2 * W && dst.len() == n);
+            dst[..W].write_copy_of_slice(&src[..W]);
+            dst[n - W..].write_copy_of_slice(&src[n - W..]);
+        }
+        match n {
+            0 => {}
+            1 => {
+                head[0].write(values[0]);
+            }
+            2..4 => two::<2>(head, values),
+            4..8 => two::<4>(head, values),
+            8..16 => two::<8>(head, values),
+            16..32 => two::<16>(head, values),
+            32..=64 => two::<32>(head, values),
+            _ => {
+                head.write_copy_of_slice(values);
+            }
+        }
     }
 
     /// Values left to fill.
@@ -715,10 +743,9 @@ fn finish<S: Simd, const NV: usize>(
     store::<S, NV>(simd, acc, &mut tmp[..NV * S::F32_LANES]);
     if wide == wo || q % wide + width <= wo {
         // The tile row is one run of real pixels.
-        // A whole tile row is a copy of constant length: vector moves rather than `memcpy`.
-        let full = NV * S::F32_LANES;
-        let dst = if width == full { out.push(&tmp[..full]) } else { out.push(&tmp[..width]) };
-        epilogue(shared, dst, at_channel + shared.out_index(q), channel, in_registers);
+        let run = &mut tmp[..width];
+        epilogue(shared, run, at_channel + shared.out_index(q), channel, in_registers);
+        out.push(run);
         return;
     }
     let mut j = q;
@@ -726,16 +753,16 @@ fn finish<S: Simd, const NV: usize>(
         let ox = j % wide;
         let seg = (wide - ox).min(q + width - j);
         if ox < wo {
-            let n = seg.min(wo - ox);
-            let dst = out.push(&tmp[j - q..][..n]);
-            epilogue(shared, dst, at_channel + shared.out_index(j), channel, in_registers);
+            let run = &mut tmp[j - q..][..seg.min(wo - ox)];
+            epilogue(shared, run, at_channel + shared.out_index(j), channel, in_registers);
+            out.push(run);
         }
         j += seg;
     }
 }
 
-/// Bias and activation unless already `in_registers`, then the shortcut, on stored output
-/// values `dst` (flat output index `at` onwards). A function rather than a closure so that it
+/// Bias and activation unless already `in_registers`, then the shortcut, on a run of finished
+/// output values `dst` (flat output index `at` onwards) before they are written. A function rather than a closure so that it
 /// is compiled with the dispatched SIMD features.
 #[inline(always)]
 fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, channel: usize, in_registers: bool) {

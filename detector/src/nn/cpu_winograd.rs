@@ -278,7 +278,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                         pairs[2 * l + 1] = tmp[2 * i + 1][l];
                     }
                 }
-                write_tiles(shared, &mut task, c, q, (tiles - q).min(lanes), &pairs);
+                write_tiles(shared, &mut task, c, q, (tiles - q).min(lanes), &mut pairs);
             }
         }
     }
@@ -343,7 +343,7 @@ fn write_tiles(
     c: usize,
     q: usize,
     n: usize,
-    pairs: &[[f32; 2 * MAX_LANES]; 2],
+    pairs: &mut [[f32; 2 * MAX_LANES]; 2],
 ) {
     let (h, w, wide) = (shared.input.h, shared.input.w, shared.wide);
     let tw = wide - 1;
@@ -356,18 +356,19 @@ fn write_tiles(
         let (ty, tx) = ((q + l) / wide, (q + l) % wide);
         // A run of tiles within one tile row (the junk column ends it).
         let run = (tw.saturating_sub(tx)).min(n - l);
-        for (i, pairs) in pairs.iter().enumerate() {
+        for (i, pairs) in pairs.iter_mut().enumerate() {
             let oy = first_row + 2 * ty + i;
             if oy >= h || run == 0 {
                 continue;
             }
             // An odd map width: the last tile's right column is past the edge.
             let (x0, x1) = (2 * tx, (2 * (tx + run)).min(w));
-            let dst = rows[oy - first_row].push(&pairs[2 * l..2 * l + x1 - x0]);
+            let values = &mut pairs[2 * l..2 * l + x1 - x0];
             if let Some(res) = shared.residual {
                 let res = &res[plane + oy * w + x0..plane + oy * w + x1];
-                dst.iter_mut().zip(res).for_each(|(v, r)| *v += r);
+                values.iter_mut().zip(res).for_each(|(v, r)| *v += r);
             }
+            rows[oy - first_row].push(values);
         }
         l += run.max(1);
     }
