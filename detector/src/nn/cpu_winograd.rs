@@ -195,14 +195,19 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     let band_rows = task.ty1 - task.ty0 + 1;
     let at = (task.ty0, band_rows, wide);
     cpu_gemm::pad_band(&shared.input, task.image, 0..c1, (1, 2), at, plane_stride, &mut band, nr + wide);
-    if v.len() < 16 * c1 * nr {
-        v.resize(16 * c1 * nr, 0.0);
+    // `V` and `M` channel-major: channel `ci`'s 16 rows of `nr` tiles (one per tile position
+    // `xi`) together, so that a transform stores or loads one contiguous block per channel and
+    // vector. Channel blocks an odd number of cache lines apart, spread over the L1 sets for
+    // the kernel, which reads one `xi` row of every channel.
+    let row = cpu_gemm::spaced_plane(16 * nr);
+    if v.len() < c1 * row {
+        v.resize(c1 * row, 0.0);
     }
-    if m.len() < 16 * c2 * nr {
-        m.resize(16 * c2 * nr, 0.0);
+    if m.len() < c2 * row {
+        m.resize(c2 * row, 0.0);
     }
     offsets.clear();
-    offsets.extend((0..c1).map(|ci| ci * nr));
+    offsets.extend((0..c1).map(|ci| ci * row));
 
     let tiles = (task.ty1 - task.ty0) * wide;
     for q0 in (0..tiles).step_by(nr) {
@@ -210,6 +215,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
         let vectors = (tiles - q0).min(nr).div_ceil(lanes);
         for ci in 0..c1 {
             let planes = &band[ci * 4 * plane_stride..];
+            let v = &mut v[ci * row..][..16 * nr];
             for vi in 0..vectors {
                 let q = q0 + vi * lanes;
                 // Columns first: `bt[j] = B^T d[.][j]`, then rows: `V[i][.] = B^T bt[.][i]`.
@@ -226,7 +232,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 for i in 0..4 {
                     let out = b_transpose(simd, [bt[0][i], bt[1][i], bt[2][i], bt[3][i]]);
                     for (j, x) in out.into_iter().enumerate() {
-                        let at = ((i * 4 + j) * c1 + ci) * nr + vi * lanes;
+                        let at = (i * 4 + j) * nr + vi * lanes;
                         S::as_mut_simd_f32s(&mut v[at..at + lanes]).0[0] = x;
                     }
                 }
@@ -235,13 +241,16 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
         // 3. The 16 products, with a narrower tile for a partial last micro-panel.
         let width = (tiles - q0).min(nr);
         if NV > 1 && width <= lanes {
-            products::<S, ROWS, 1>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, nr);
+            products::<S, ROWS, 1>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, (nr, row));
         } else if NV > 2 && width <= 2 * lanes {
-            products::<S, ROWS, 2>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, nr);
+            products::<S, ROWS, 2>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, (nr, row));
         } else {
-            products::<S, ROWS, NV>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, nr);
+            products::<S, ROWS, NV>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, (nr, row));
         }
-        // 4. Output transform, bias, activation, shortcut.
+        // 4. Output transform, bias, activation, shortcut. Where each vector's tiles go is
+        // the same for every channel: worked out once (a division per run).
+        let (runs, run_count) = tile_runs(shared, q0, (tiles - q0).min(nr), lanes);
+        let runs = &runs[..run_count];
         for c in task.channels.clone() {
             for vi in 0..NV {
                 let q = q0 + vi * lanes;
@@ -253,7 +262,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 for (j, at) in at.iter_mut().enumerate() {
                     let mut col = [simd.splat_f32s(0.0); 4];
                     for (i, col) in col.iter_mut().enumerate() {
-                        let k = ((i * 4 + j) * c2 + c) * nr + vi * lanes;
+                        let k = c * row + (i * 4 + j) * nr + vi * lanes;
                         *col = load::<S>(&m[k..k + lanes]);
                     }
                     *at = a_transpose(simd, col);
@@ -278,7 +287,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                         pairs[2 * l + 1] = tmp[2 * i + 1][l];
                     }
                 }
-                write_tiles(shared, &mut task, c, q, (tiles - q).min(lanes), &mut pairs);
+                write_tiles(shared, &mut task, c, runs.iter().filter(|r| r.vector == vi), &mut pairs);
             }
         }
     }
@@ -287,7 +296,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
 }
 
 /// `M[xi] = U[xi] @ V[xi]` for the 16 tile positions and output `channels`, `TV` vectors of
-/// tiles wide; `V` and `M` rows are `nr` apart.
+/// tiles wide: row `xi` of channel `c` of `V` and `M` at `c * row + xi * nr`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn products<S: Simd, const ROWS: usize, const TV: usize>(
@@ -297,18 +306,18 @@ fn products<S: Simd, const ROWS: usize, const TV: usize>(
     v: &[f32],
     offsets: &[usize],
     m: &mut [f32],
-    nr: usize,
+    (nr, row): (usize, usize),
 ) {
-    let (c1, c2) = (weights.c1, weights.c2);
+    let c1 = weights.c1;
     let width = TV * S::F32_LANES;
     for (xi, u) in weights.u.iter().enumerate() {
-        let b = &v[xi * c1 * nr..(xi + 1) * c1 * nr];
+        let b = &v[xi * nr..];
         for row0 in channels.clone().step_by(ROWS) {
             let a = u.panel(0, row0 / PANEL_ROWS, 0..c1);
             let acc = [[simd.splat_f32s(0.0); TV]; ROWS];
             let acc = cpu_gemm::kernel::<S, ROWS, TV>(simd, a, row0 % PANEL_ROWS, b, offsets, acc);
             for (r, acc) in acc.iter().enumerate().take(channels.end - row0) {
-                let at = (xi * c2 + row0 + r) * nr;
+                let at = (row0 + r) * row + xi * nr;
                 pulp::as_arrays_mut::<TV, S::f32s>(S::as_mut_simd_f32s(&mut m[at..at + width]).0).0[0] = *acc;
             }
         }
@@ -333,43 +342,75 @@ fn load<S: Simd>(x: &[f32]) -> S::f32s {
     S::as_simd_f32s(x).0[0]
 }
 
-/// Writes the finished 2x2 tiles `q .. q + n` (band tile coordinates) of output channel `c`:
-/// `pairs[i][2 l + j]` is output pixel `(2 ty + i, 2 tx + j)` of tile `q + l`. Junk tiles and
-/// pixels past the map's edge are dropped; the shortcut is added to what is written.
+/// Tiles of one vector of a micro-panel, from lane `l` on, that lie in one tile row: their
+/// output pixels are columns `x0 .. x1` of band rows `row` and `row + 1` (counted from the
+/// band's first output row).
+#[derive(Debug, Clone, Copy, Default)]
+struct TileRun {
+    vector: usize,
+    l: usize,
+    row: usize,
+    x0: usize,
+    x1: usize,
+}
+
+/// Most runs of a micro-panel (48 tiles at most): one per tile would be the worst case.
+const MAX_RUNS: usize = 3 * MAX_LANES;
+
+/// The runs of the micro-panel of `n` tiles from band tile `q0` (junk tiles left out), `lanes`
+/// tiles per vector.
 #[inline(always)]
-fn write_tiles(
+fn tile_runs(shared: &Shared<'_>, q0: usize, n: usize, lanes: usize) -> ([TileRun; MAX_RUNS], usize) {
+    let (w, wide) = (shared.input.w, shared.wide);
+    let tw = wide - 1;
+    let mut runs = [TileRun::default(); MAX_RUNS];
+    let mut count = 0;
+    for vector in 0..n.div_ceil(lanes) {
+        let q = q0 + vector * lanes;
+        let len = (n - vector * lanes).min(lanes);
+        let mut l = 0;
+        while l < len {
+            let (ty, tx) = ((q + l) / wide, (q + l) % wide);
+            // A run ends at the junk column (or is the junk tile itself).
+            let run = tw.saturating_sub(tx).min(len - l);
+            if run > 0 && count < MAX_RUNS {
+                runs[count] = TileRun { vector, l, row: 2 * ty, x0: 2 * tx, x1: (2 * (tx + run)).min(w) };
+                count += 1;
+            }
+            l += run.max(1);
+        }
+    }
+    (runs, count)
+}
+
+/// Writes the finished 2x2 tiles of output channel `c` for `runs` (of one vector):
+/// `pairs[i][2 l + j]` is output pixel `(2 ty + i, 2 tx + j)` of lane `l`. Rows past the map's
+/// edge are dropped; the shortcut is added to what is written.
+#[inline(always)]
+fn write_tiles<'r>(
     shared: &Shared<'_>,
     task: &mut Task<'_>,
     c: usize,
-    q: usize,
-    n: usize,
+    runs: impl Iterator<Item = &'r TileRun>,
     pairs: &mut [[f32; 2 * MAX_LANES]; 2],
 ) {
-    let (h, w, wide) = (shared.input.h, shared.input.w, shared.wide);
-    let tw = wide - 1;
+    let (h, w) = (shared.input.h, shared.input.w);
     let plane = (task.image * shared.weights.c2 + c) * h * w;
     let first_row = 2 * task.ty0;
     let band_rows = (2 * task.ty1).min(h) - first_row;
     let rows = &mut task.rows[(c - task.channels.start) * band_rows..][..band_rows];
-    let mut l = 0;
-    while l < n {
-        let (ty, tx) = ((q + l) / wide, (q + l) % wide);
-        // A run of tiles within one tile row (the junk column ends it).
-        let run = (tw.saturating_sub(tx)).min(n - l);
+    for run in runs {
         for (i, pairs) in pairs.iter_mut().enumerate() {
-            let oy = first_row + 2 * ty + i;
-            if oy >= h || run == 0 {
+            let row = run.row + i;
+            if row >= band_rows {
                 continue;
             }
-            // An odd map width: the last tile's right column is past the edge.
-            let (x0, x1) = (2 * tx, (2 * (tx + run)).min(w));
-            let values = &mut pairs[2 * l..2 * l + x1 - x0];
+            let values = &mut pairs[2 * run.l..2 * run.l + run.x1 - run.x0];
             if let Some(res) = shared.residual {
-                let res = &res[plane + oy * w + x0..plane + oy * w + x1];
-                values.iter_mut().zip(res).for_each(|(v, r)| *v += r);
+                let at = plane + (first_row + row) * w;
+                values.iter_mut().zip(&res[at + run.x0..at + run.x1]).for_each(|(v, r)| *v += r);
             }
-            rows[oy - first_row].push(values);
+            rows[row].push(values);
         }
-        l += run.max(1);
     }
 }
