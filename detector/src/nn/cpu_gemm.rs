@@ -275,17 +275,21 @@ pub(crate) fn conv(
             }
         }
     }
-    // Every output value is in one task's rows (see `Filler`).
-    let covered: usize = tasks.iter().flat_map(|task| &task.rows).map(Filler::len).sum();
-    if covered != out_len {
-        return false;
-    }
-    let unfilled = tasks
-        .into_par_iter()
-        .map(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
-        .filter(|filled| !filled)
-        .count();
-    unfilled == 0
+    fill(tasks, out_len, |task| &task.rows, |task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
+}
+
+/// Runs `tasks` on rayon's threads, each returning whether it filled its rows, once their rows
+/// (`rows` of each) are seen to cover all `out_len` values of the output. Whether every value
+/// was written.
+pub(crate) fn fill<'a, T: Send>(
+    tasks: Vec<T>,
+    out_len: usize,
+    rows: impl Fn(&T) -> &[Filler<'a>],
+    run: impl Fn(T) -> bool + Sync + Send,
+) -> bool {
+    // The rows are disjoint (cut by `split_at_mut`), so covering the length covers every value.
+    let covered: usize = tasks.iter().flat_map(&rows).map(Filler::len).sum();
+    covered == out_len && tasks.into_par_iter().all(run)
 }
 
 /// A part of an uninitialised output that a task fills from front to back, each value once.

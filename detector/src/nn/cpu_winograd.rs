@@ -27,7 +27,6 @@
 use std::mem::MaybeUninit;
 
 use pulp::Simd;
-use rayon::prelude::*;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
 use super::cpu_gemm::{self, Filler, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile};
@@ -155,17 +154,7 @@ pub(crate) fn conv(
             }
         }
     }
-    // Every output value is in one task's rows (see `Filler`).
-    let covered: usize = tasks.iter().flat_map(|task| &task.rows).map(Filler::len).sum();
-    if covered != out_len {
-        return false;
-    }
-    let unfilled = tasks
-        .into_par_iter()
-        .map(|task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
-        .filter(|filled| !filled)
-        .count();
-    unfilled == 0
+    cpu_gemm::fill(tasks, out_len, |task| &task.rows, |task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
 }
 
 struct RunTask<'s, 'a> {
