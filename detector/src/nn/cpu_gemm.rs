@@ -723,7 +723,7 @@ impl<'p, 's, 'a> PanelPass<'p, 's, 'a> {
 
 /// Writes one finished tile row (wide pixels `q .. q + width`) into the output row `out`,
 /// dropping junk columns. Bias and activation are applied in registers where they can be (else
-/// after the store, while the row is in L1), then the shortcut is added.
+/// to the stored tile row), then the shortcut is added, before the runs are written.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn finish<S: Simd, const NV: usize>(
@@ -766,8 +766,8 @@ fn finish<S: Simd, const NV: usize>(
 }
 
 /// Bias and activation unless already `in_registers`, then the shortcut, on a run of finished
-/// output values `dst` (flat output index `at` onwards) before they are written. A function rather than a closure so that it
-/// is compiled with the dispatched SIMD features.
+/// output values `dst` (flat output index `at` onwards) before they are written. A function
+/// rather than a closure so that it is compiled with the dispatched SIMD features.
 #[inline(always)]
 fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, channel: usize, in_registers: bool) {
     if !in_registers {
