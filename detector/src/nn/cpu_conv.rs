@@ -154,15 +154,10 @@ impl CpuConv {
         // The output is written once, by the tasks, and never zeroed (see `cpu_gemm::Filler`).
         let n = shape.elem_count();
         let mut out = Vec::with_capacity(n);
+        let spare = &mut out.spare_capacity_mut()[..n];
         let filled = match &self.weights {
-            Packed::Direct(w) => {
-                let out = &mut out.spare_capacity_mut()[..n];
-                cpu_gemm::conv(isa, input, b, self.geo, w, &self.bias, self.act, residual, out)
-            }
-            Packed::Winograd(w) => {
-                let out = &mut out.spare_capacity_mut()[..n];
-                cpu_winograd::conv(isa, input, b, w, &self.bias, self.act, residual, out)
-            }
+            Packed::Direct(w) => cpu_gemm::conv(isa, input, b, self.geo, w, &self.bias, self.act, residual, spare),
+            Packed::Winograd(w) => cpu_winograd::conv(isa, input, b, w, &self.bias, self.act, residual, spare),
         };
         if !filled {
             candle_core::bail!("conv: internal error: the output {shape:?} was not completely written");
