@@ -180,7 +180,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     let (c1, c2) = (weights.c1, weights.c2);
     // The band's phase planes; `V[xi][ci][tile]` and `M[xi][c2][tile]` of one micro-panel;
     // the offsets of `V`'s depth rows (`ci * nr`).
-    let Scratch { mut band, block: mut v, mut offsets, sums: mut m } = Scratch::take();
+    let Scratch { mut band, block: mut v_buf, mut offsets, sums: mut m_buf } = Scratch::take();
     let band_rows = task.ty1 - task.ty0 + 1;
     let at = (task.ty0, band_rows, wide);
     cpu_gemm::pad_band(&shared.input, task.image, 0..c1, (1, 2), at, plane_stride, &mut band, nr + wide);
@@ -189,12 +189,8 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     // vector. Channel blocks an odd number of cache lines apart, spread over the L1 sets for
     // the kernel, which reads one `xi` row of every channel.
     let row = cpu_gemm::spaced_plane(16 * nr);
-    if v.len() < c1 * row {
-        v.resize(c1 * row, 0.0);
-    }
-    if m.len() < c2 * row {
-        m.resize(c2 * row, 0.0);
-    }
+    let v = cpu_gemm::aligned(&mut v_buf, c1 * row);
+    let m = cpu_gemm::aligned(&mut m_buf, c2 * row);
     offsets.clear();
     offsets.extend((0..c1).map(|ci| ci * row));
 
@@ -230,11 +226,11 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
         // 3. The 16 products, with a narrower tile for a partial last micro-panel.
         let width = (tiles - q0).min(nr);
         if NV > 1 && width <= lanes {
-            products::<S, ROWS, 1>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, (nr, row));
+            products::<S, ROWS, 1>(simd, weights, task.channels.clone(), v, &offsets, m, (nr, row));
         } else if NV > 2 && width <= 2 * lanes {
-            products::<S, ROWS, 2>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, (nr, row));
+            products::<S, ROWS, 2>(simd, weights, task.channels.clone(), v, &offsets, m, (nr, row));
         } else {
-            products::<S, ROWS, NV>(simd, weights, task.channels.clone(), &v, &offsets, &mut m, (nr, row));
+            products::<S, ROWS, NV>(simd, weights, task.channels.clone(), v, &offsets, m, (nr, row));
         }
         // 4. Output transform, bias, activation, shortcut. Where each vector's tiles go is
         // the same for every channel: worked out once (a division per run).
@@ -280,7 +276,7 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
             }
         }
     }
-    Scratch { band, block: v, offsets, sums: m }.put();
+    Scratch { band, block: v_buf, offsets, sums: m_buf }.put();
     task.rows.iter().all(Filler::is_full)
 }
 
