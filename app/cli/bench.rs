@@ -74,6 +74,9 @@ struct BenchResult {
     p50_ms: f64,
     p95_ms: f64,
     mean_ms: f64,
+    /// The fastest pass: on a machine shared with other work, the least disturbed estimate
+    /// (what `scripts/bench-vs-onnxruntime.py` compares besides the medians).
+    min_ms: f64,
     params: usize,
     gflops: f64,
     /// Peak resident memory of the process (VmHWM), when the OS reports it.
@@ -218,6 +221,7 @@ fn bench_one(name: &str, args: &BenchArgs, matmul_tflops: Option<f64>) -> Result
         p50_ms,
         p95_ms: percentile(&times, 0.95),
         mean_ms,
+        min_ms: times.first().copied().unwrap_or(f64::NAN),
         params: info.params,
         gflops,
         achieved_gflops,

@@ -31,6 +31,7 @@ fn bench_json_has_the_contract_fields_and_per_layer_rows() {
     assert_eq!(r["runs"], 3);
     assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
     assert!(r["p95_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    assert!(r["min_ms"].as_f64().unwrap() > 0.0 && r["min_ms"].as_f64().unwrap() <= r["p50_ms"].as_f64().unwrap());
     if cfg!(target_os = "linux") {
         // Peak resident memory, and how much it grew over the timed runs (nothing per frame).
         assert!(r["rss_mb"].as_f64().unwrap() > 1.0, "{r}");
