@@ -347,8 +347,9 @@ impl<'a> Filler<'a> {
 
 /// `len` values of `buf` that start on a cache line (`buf` is grown as needed, never shrunk;
 /// what it held is left as it was). The register kernel loads and stores whole vectors of
-/// these buffers: from an allocation 16 or 48 bytes off a line, as `Vec<f32>` gave them, every
-/// other vector straddled two lines, and 3x3 layers through [`cpu_winograd`] ran 10-20 % slower.
+/// these buffers: from an allocation 16, 32 or 48 bytes off a line, as `Vec<f32>` gave them,
+/// every such vector straddled two lines, and 3x3 layers through [`cpu_winograd`] ran 10-20 %
+/// slower.
 ///
 /// [`cpu_winograd`]: super::cpu_winograd
 pub(crate) fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
