@@ -178,8 +178,8 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     let nr = NV * lanes;
     let Shared { weights, wide, plane_stride, .. } = *shared;
     let (c1, c2) = (weights.c1, weights.c2);
-    // The band's phase planes; `V[xi][ci][tile]` and `M[xi][c2][tile]` of one micro-panel;
-    // the offsets of `V`'s depth rows (`ci * nr`).
+    // The band's phase planes; `V[ci][xi][tile]` and `M[c2][xi][tile]` of one micro-panel
+    // (below); the offsets of `V`'s depth rows for the kernel (`ci * row`).
     let Scratch { mut band, block: mut v_buf, mut offsets, sums: mut m_buf } = Scratch::take();
     let band_rows = task.ty1 - task.ty0 + 1;
     let at = (task.ty0, band_rows, wide);
