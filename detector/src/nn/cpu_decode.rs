@@ -7,9 +7,9 @@
 //! each map once, writes no intermediate tensors and uses all threads.
 
 use candle_core::{Device, Layout, Storage, Tensor};
-use rayon::prelude::*;
 
 use super::cpu_conv::{CpuConv, exp, f32_data};
+use super::fork_join;
 
 /// One pyramid level of the head's raw output.
 pub(crate) struct Level<'a> {
@@ -56,7 +56,7 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
     // Rows 0..4 of each image first hold the expected distance to the left, top, right and
     // bottom side of every anchor (each side's softmax computed once), the others the class
     // probabilities; then the distances become boxes in place.
-    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+    fork_join::for_each_chunk_mut(&mut out, n, |i, row| {
         let (image, r) = (i / rows, i % rows);
         let mut at = 0;
         for level in &levels_data {
@@ -70,7 +70,7 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
             at += level.len;
         }
     });
-    out.par_chunks_mut(rows * n).for_each(|image| {
+    fork_join::for_each_chunk_mut(&mut out, rows * n, |_, image| {
         let (lt, rb) = image[..4 * n].split_at_mut(2 * n);
         let mut at = 0;
         for level in &levels_data {

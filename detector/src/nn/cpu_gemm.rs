@@ -31,16 +31,17 @@
 //! - The input may come in channel parts (the branches an ELAN block concatenates), read in
 //!   place instead of copied by `cat`.
 //!
-//! Tasks are (image, group, channel block, pixel block), spread over rayon's threads; each
-//! writes disjoint row segments of the NCHW output, which is never zeroed ([`Filler`]).
+//! Tasks are (image, group, channel block, pixel block), spread over the [`fork_join`] threads;
+//! each writes disjoint row segments of the NCHW output, which is never zeroed ([`Filler`]).
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pulp::Simd;
-use rayon::prelude::*;
 
 use super::cpu_conv::{Geometry, bias_act, bias_act_vec};
+use super::fork_join;
 use crate::spec::Activation;
 
 /// Output channels per packed weight panel.
@@ -205,7 +206,7 @@ pub(crate) fn conv(
 ) -> bool {
     let (ho, wo) = geo.out_size(input.h, input.w);
     let nr = isa.dispatch(PanelWidth);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = fork_join::threads();
     // 1x1 convolutions read their input rows directly while gathering (no padding needed);
     // a padded copy would only add a pass over the input, which is all they read.
     let banded = geo.k > 1 && geo.s <= 2;
@@ -278,9 +279,9 @@ pub(crate) fn conv(
     fill(tasks, out_len, |task| &task.rows, |task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
 }
 
-/// Runs `tasks` on rayon's threads, each returning whether it filled its rows, once their rows
-/// (`rows` of each) are seen to cover all `out_len` values of the output. Whether every value
-/// was written.
+/// Runs `tasks` on the [`fork_join`] threads, each returning whether it filled its rows, once
+/// their rows (`rows` of each) are seen to cover all `out_len` values of the output. Whether
+/// every value was written.
 pub(crate) fn fill<'a, T: Send>(
     tasks: Vec<T>,
     out_len: usize,
@@ -289,7 +290,16 @@ pub(crate) fn fill<'a, T: Send>(
 ) -> bool {
     // The rows are disjoint (cut by `split_at_mut`), so covering the length covers every value.
     let covered: usize = tasks.iter().flat_map(&rows).map(Filler::len).sum();
-    covered == out_len && tasks.into_par_iter().all(run)
+    if covered != out_len {
+        return false;
+    }
+    let (count, filled) = (tasks.len(), AtomicUsize::new(0));
+    fork_join::for_each(tasks, |task| {
+        if run(task) {
+            filled.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    filled.into_inner() == count
 }
 
 /// A part of an uninitialised output that a task fills from front to back, each value once.

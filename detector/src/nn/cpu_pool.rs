@@ -7,7 +7,8 @@
 //! materialised. Results are identical to Candle's (same summation order, exact 1/4).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
+
+use super::fork_join;
 
 /// `avg_pool2d(x, 2, 1, 0)`.
 pub(crate) fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -52,7 +53,7 @@ pub(crate) fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<
         data.push(&super::cpu_conv::f32_data(storage)?[layout.start_offset()..][..n]);
     }
     let mut out = vec![0f32; b * c * h * w];
-    out.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
+    fork_join::for_each_chunk_mut(&mut out, h * w, |plane, out| {
         for (i, (src, (_, th, tw, rows, cols))) in data.iter().zip(&sources).enumerate() {
             let src = &src[plane * th * tw..][..th * tw];
             for (o, &y) in out.chunks_exact_mut(w).zip(rows) {
@@ -166,7 +167,7 @@ impl CustomOp1 for Pool {
         }
         let (ho, wo) = self.out_size(h, w)?;
         let mut out = vec![0f32; b * c * ho * wo];
-        out.par_chunks_mut(ho * wo).enumerate().for_each(|(i, o)| {
+        fork_join::for_each_chunk_mut(&mut out, ho * wo, |i, o| {
             let start = layout.start_offset() + i / c * stride[0] + i % c * stride[1];
             self.plane(&data[start..][..h * w], h, w, o, wo);
         });

@@ -30,6 +30,7 @@ use pulp::Simd;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
 use super::cpu_gemm::{self, Filler, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile};
+use super::fork_join;
 use crate::spec::Activation;
 
 /// Most padded input per band (as for the direct path's bands: it stays in L2).
@@ -109,7 +110,7 @@ pub(crate) fn conv(
 ) -> bool {
     let (h, w, c2) = (input.h, input.w, weights.c2);
     let nr = isa.dispatch(PanelWidth);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = fork_join::threads();
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let wide = tw + 1;
     // Tile rows per task: enough for two micro-panels (a band's last micro-panel is partial;

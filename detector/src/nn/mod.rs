@@ -8,4 +8,5 @@ mod cpu_decode;
 mod cpu_gemm;
 mod cpu_pool;
 mod cpu_winograd;
+mod fork_join;
 pub mod head;
