@@ -371,6 +371,14 @@ pub(crate) fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[skip..skip + len]
 }
 
+/// A value on the stack that starts on a cache line. Tile rows are stored there as whole
+/// vectors and read back at once: 4 or 8 bytes off a line (as `[f32; N]` and `Option`s of
+/// vectors were), every vector store straddled two lines, and a store split over two lines is
+/// not forwarded to the loads after it, which waited until it reached the cache.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Aligned<T>(pub T);
+
 /// The distance between padded planes: an odd number of cache lines, so that channel `i`'s
 /// planes start in L1 set `i * lines mod 64` (all 64 sets in turn). Planes a whole number of
 /// pages apart (160 x 160 floats are 25 pages) put the same pixel of every channel in one L1
@@ -757,14 +765,12 @@ fn finish<S: Simd, const NV: usize>(
     channel: usize,
 ) {
     let (wide, wo) = (shared.wide, shared.wo);
-    let activated = bias_act_vec(simd, acc, shared.bias[channel], shared.act);
-    let (acc, in_registers) = match &activated {
-        Some(done) => (done, true),
-        None => (acc, false),
-    };
+    let mut acc = *acc;
+    let in_registers = bias_act_vec(simd, &mut acc, shared.bias[channel], shared.act);
     let at_channel = (image * shared.geo.c2 + channel) * shared.ho * shared.wo;
-    let mut tmp = [0f32; MAX_PANEL_WIDTH];
-    store::<S, NV>(simd, acc, &mut tmp[..NV * S::F32_LANES]);
+    let mut tmp = Aligned([0f32; MAX_PANEL_WIDTH]);
+    let tmp = &mut tmp.0;
+    store::<S, NV>(simd, &acc, &mut tmp[..NV * S::F32_LANES]);
     if wide == wo || q % wide + width <= wo {
         // The tile row is one run of real pixels.
         let run = &mut tmp[..width];
@@ -974,5 +980,15 @@ mod tests {
             assert_eq!(values.as_ptr().addr() % 64, 0, "{len}");
             values.fill(1.0);
         }
+    }
+
+    /// Tile rows on the stack start on a cache line too, wherever the compiler puts them.
+    #[test]
+    fn stack_rows_start_on_a_cache_line() {
+        let rows = [Aligned([0f32; 3]), Aligned([1f32; 3])];
+        for row in &rows {
+            assert_eq!(std::ptr::from_ref(row).addr() % 64, 0);
+        }
+        assert_eq!(std::mem::align_of::<Aligned<[[f32; 16]; 4]>>(), 64);
     }
 }

@@ -29,7 +29,9 @@ use std::mem::MaybeUninit;
 use pulp::Simd;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
-use super::cpu_gemm::{self, Filler, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile};
+use super::cpu_gemm::{
+    self, Aligned, Filler, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile,
+};
 use super::fork_join;
 use crate::spec::Activation;
 
@@ -255,25 +257,27 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 }
                 let [y00, y01] = a_transpose(simd, [at[0][0], at[1][0], at[2][0], at[3][0]]);
                 let [y10, y11] = a_transpose(simd, [at[0][1], at[1][1], at[2][1], at[3][1]]);
-                let y = [y00, y01, y10, y11];
                 let (bias, act) = (shared.bias[c], shared.act);
-                let activated = bias_act_vec::<S, 4>(simd, &y, bias, act);
-                let mut tmp = [[0f32; MAX_LANES]; 4];
-                for (tmp, y) in tmp.iter_mut().zip(activated.unwrap_or(y)) {
+                let mut y = [y00, y01, y10, y11];
+                let in_registers = bias_act_vec::<S, 4>(simd, &mut y, bias, act);
+                let mut tmp = Aligned([[0f32; MAX_LANES]; 4]);
+                let tmp = &mut tmp.0;
+                for (tmp, y) in tmp.iter_mut().zip(y) {
                     S::as_mut_simd_f32s(&mut tmp[..lanes]).0[0] = y;
                 }
-                if activated.is_none() {
+                if !in_registers {
                     tmp.iter_mut().for_each(|t| bias_act(&mut t[..lanes], bias, act));
                 }
                 // Each output row of the tiles: the left and right columns interleaved.
-                let mut pairs = [[0f32; 2 * MAX_LANES]; 2];
+                let mut pairs = Aligned([[0f32; 2 * MAX_LANES]; 2]);
+                let pairs = &mut pairs.0;
                 for (i, pairs) in pairs.iter_mut().enumerate() {
                     for l in 0..lanes {
                         pairs[2 * l] = tmp[2 * i][l];
                         pairs[2 * l + 1] = tmp[2 * i + 1][l];
                     }
                 }
-                write_tiles(shared, &mut task, c, runs.iter().filter(|r| r.vector == vi), &mut pairs);
+                write_tiles(shared, &mut task, c, runs.iter().filter(|r| r.vector == vi), pairs);
             }
         }
     }
