@@ -260,21 +260,25 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                 let (bias, act) = (shared.bias[c], shared.act);
                 let mut y = [y00, y01, y10, y11];
                 let in_registers = bias_act_vec::<S, 4>(simd, &mut y, bias, act);
-                let mut tmp = Aligned([[0f32; MAX_LANES]; 4]);
-                let tmp = &mut tmp.0;
-                for (tmp, y) in tmp.iter_mut().zip(y) {
-                    S::as_mut_simd_f32s(&mut tmp[..lanes]).0[0] = y;
-                }
-                if !in_registers {
-                    tmp.iter_mut().for_each(|t| bias_act(&mut t[..lanes], bias, act));
-                }
-                // Each output row of the tiles: the left and right columns interleaved.
+                // Each output row of the tiles: the left and right columns interleaved. Each
+                // column is stored on its own first: from one array of the four, the compiler
+                // built the interleave from loads straddling two of the rows just stored, which
+                // the core cannot forward from the stores (a stall per vector).
                 let mut pairs = Aligned([[0f32; 2 * MAX_LANES]; 2]);
                 let pairs = &mut pairs.0;
-                for (i, pairs) in pairs.iter_mut().enumerate() {
-                    for l in 0..lanes {
-                        pairs[2 * l] = tmp[2 * i][l];
-                        pairs[2 * l + 1] = tmp[2 * i + 1][l];
+                let [y00, y01, y10, y11] = y;
+                for (pairs, (left, right)) in pairs.iter_mut().zip([(y00, y01), (y10, y11)]) {
+                    let (mut l, mut r) = (Aligned([0f32; MAX_LANES]), Aligned([0f32; MAX_LANES]));
+                    let (l, r) = (&mut l.0[..lanes], &mut r.0[..lanes]);
+                    S::as_mut_simd_f32s(l).0[0] = left;
+                    S::as_mut_simd_f32s(r).0[0] = right;
+                    if !in_registers {
+                        bias_act(l, bias, act);
+                        bias_act(r, bias, act);
+                    }
+                    for (pair, (l, r)) in pairs.chunks_exact_mut(2).zip(l.iter().zip(r.iter())) {
+                        pair[0] = *l;
+                        pair[1] = *r;
                     }
                 }
                 write_tiles(shared, &mut task, c, runs.iter().filter(|r| r.vector == vi), pairs);
