@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 /// is asleep between the frames of a video.
 const SPIN: Duration = Duration::from_micros(500);
 
-/// Spin iterations between checks of the clock; the helper also yields the core then, so a
-/// runnable thread of the pipeline (decoding, encoding) is not kept off it.
+/// Spin iterations between yields of the core (so that a runnable thread of the pipeline,
+/// decoding or encoding, is not kept off it) and checks of the clock.
 const SPINS_PER_CHECK: u32 = 256;
 
 /// Runs `run` on every item of `items`, each exactly once, on the calling thread and the
@@ -179,21 +179,28 @@ fn wait_for_loop(pool: &Pool, seen: usize) {
     let start = Instant::now();
     let mut spins = 0u32;
     while pool.epoch.load(Ordering::Acquire) == seen {
-        spins += 1;
-        if spins.is_multiple_of(SPINS_PER_CHECK) {
-            if start.elapsed() > SPIN {
-                let mut state = lock(&pool.state);
-                state.sleeping += 1;
-                while state.epoch == seen {
-                    state = pool.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
-                }
-                state.sleeping -= 1;
-                return;
+        if spin_step(&mut spins) && start.elapsed() > SPIN {
+            let mut state = lock(&pool.state);
+            state.sleeping += 1;
+            while state.epoch == seen {
+                state = pool.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
             }
-            std::thread::yield_now();
+            state.sleeping -= 1;
+            return;
         }
-        std::hint::spin_loop();
     }
+}
+
+/// One step of a spin-wait: a pause, and every [`SPINS_PER_CHECK`]th step a yield of the core,
+/// after which it returns true.
+fn spin_step(spins: &mut u32) -> bool {
+    std::hint::spin_loop();
+    *spins = spins.wrapping_add(1);
+    let check = spins.is_multiple_of(SPINS_PER_CHECK);
+    if check {
+        std::thread::yield_now();
+    }
+    check
 }
 
 /// Takes the caller's job back from the helpers and waits for those running it.
@@ -204,11 +211,7 @@ impl Drop for Retract {
         lock(&self.0.state).job = None;
         let mut spins = 0u32;
         while self.0.running.load(Ordering::Acquire) > 0 {
-            spins += 1;
-            if spins.is_multiple_of(SPINS_PER_CHECK) {
-                std::thread::yield_now();
-            }
-            std::hint::spin_loop();
+            spin_step(&mut spins);
         }
     }
 }
