@@ -58,17 +58,7 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
     // probabilities; then the distances become boxes in place.
     fork_join::for_each_chunk_mut(&mut out, n, |i, row| {
         let (image, r) = (i / rows, i % rows);
-        let mut at = 0;
-        for level in &levels_data {
-            let dst = &mut row[at..at + level.len];
-            if r < 4 {
-                distances(level, image, r, dfl, dst);
-            } else {
-                let src = &level.classes[(image * nc + r - 4) * level.len..][..level.len];
-                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = 1.0 / (1.0 + exp(-x)));
-            }
-            at += level.len;
-        }
+        pulp::Arch::new().dispatch(DecodeRow { levels: &levels_data, image, r, nc, dfl, row });
     });
     fork_join::for_each_chunk_mut(&mut out, rows * n, |_, image| {
         let (lt, rb) = image[..4 * n].split_at_mut(2 * n);
@@ -85,6 +75,38 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
         }
     });
     Tensor::from_vec(out, (b, rows, n), &Device::Cpu)
+}
+
+/// Row `r` of image `image` of the decoded output over all levels (see [`decode`]), compiled
+/// for the CPU's widest vectors through `pulp`'s dispatch: built for the baseline x86-64, the
+/// exponentials ran 4 values at a time at most.
+struct DecodeRow<'a> {
+    levels: &'a [LevelData<'a>],
+    image: usize,
+    r: usize,
+    nc: usize,
+    dfl: &'a [f32],
+    row: &'a mut [f32],
+}
+
+impl pulp::WithSimd for DecodeRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let DecodeRow { levels, image, r, nc, dfl, row } = self;
+        let mut at = 0;
+        for level in levels {
+            let dst = &mut row[at..at + level.len];
+            if r < 4 {
+                distances(level, image, r, dfl, dst);
+            } else {
+                let src = &level.classes[(image * nc + r - 4) * level.len..][..level.len];
+                dst.iter_mut().zip(src).for_each(|(d, &x)| *d = 1.0 / (1.0 + exp(-x)));
+            }
+            at += level.len;
+        }
+    }
 }
 
 /// As the official `dist2bbox`, on one axis: the distances `near` (left or top) and `far` of an
@@ -112,7 +134,8 @@ struct LevelData<'a> {
 
 /// The expected distance on `side` (0 left, 1 top, 2 right, 3 bottom) for every anchor:
 /// softmax over the bins, weighted by the bin values. Loops run over anchors (contiguous) so
-/// that they vectorise.
+/// that they vectorise (inlined into [`DecodeRow`]'s dispatched code).
+#[inline(always)]
 fn distances(level: &LevelData<'_>, image: usize, side: usize, dfl: &[f32], out: &mut [f32]) {
     let reg_max = dfl.len();
     let bins = |i: usize| &level.boxes[((image * 4 + side) * reg_max + i) * level.len..][..level.len];
