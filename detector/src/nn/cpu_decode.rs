@@ -9,6 +9,7 @@
 use candle_core::{Device, Layout, Storage, Tensor};
 
 use super::cpu_conv::{CpuConv, exp, f32_data};
+use super::cpu_gemm::Isa;
 use super::fork_join;
 
 /// One pyramid level of the head's raw output.
@@ -58,7 +59,7 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
     // probabilities; then the distances become boxes in place.
     fork_join::for_each_chunk_mut(&mut out, n, |i, row| {
         let (image, r) = (i / rows, i % rows);
-        pulp::Arch::new().dispatch(DecodeRow { levels: &levels_data, image, r, nc, dfl, row });
+        Isa::Native.dispatch(DecodeRow { levels: &levels_data, image, r, nc, dfl, row });
     });
     fork_join::for_each_chunk_mut(&mut out, rows * n, |_, image| {
         let (lt, rb) = image[..4 * n].split_at_mut(2 * n);

@@ -463,7 +463,7 @@ pub(crate) fn pad_band(
 /// that it is compiled with its vector width: as a function of its own it was built for the
 /// baseline x86-64 and copied one value at a time (4 % of a gelan-s pass at 320).
 #[inline(always)]
-fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+pub(crate) fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let pairs = row.chunks_exact(2);
     if let [last] = pairs.remainder() {
         even[row.len() / 2] = *last;

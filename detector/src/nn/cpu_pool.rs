@@ -8,6 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
+use super::cpu_gemm::{Isa, deinterleave};
 use super::fork_join;
 
 /// `avg_pool2d(x, 2, 1, 0)`.
@@ -131,13 +132,7 @@ impl Pool {
                         }
                     }
                 }
-                for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
-                    o.fill(f32::NEG_INFINITY);
-                    for ky in 0..k {
-                        let Some(iy) = (oy + ky).checked_sub(p).filter(|&iy| iy < h) else { continue };
-                        o.iter_mut().zip(&rows[iy * wo..][..wo]).for_each(|(v, x)| *v = v.max(*x));
-                    }
-                }
+                column_maxima(&rows, h, out, wo, (k, 1, p));
             }
             Self::Max { k, s, p } => {
                 // Separable too, with each padded row split into its `s` column phases (padded
@@ -152,15 +147,7 @@ impl Pool {
                         // Input column x is padded column x + p: even x go to phase p % 2.
                         let (even, odd) = phases.split_at_mut(phase_len);
                         let (first, second) = if p % 2 == 0 { (even, odd) } else { (odd, even) };
-                        let (first, second) = (&mut first[p / 2..], &mut second[p / 2 + p % 2..]);
-                        let (pairs, last) = src.as_chunks::<2>();
-                        first.iter_mut().zip(second.iter_mut()).zip(pairs).for_each(|((a, b), pair)| {
-                            *a = pair[0];
-                            *b = pair[1];
-                        });
-                        if let [v] = last {
-                            first[pairs.len()] = *v;
-                        }
+                        deinterleave(src, &mut first[p / 2..], &mut second[p / 2 + p % 2..]);
                     } else {
                         for (x, &v) in src.iter().enumerate() {
                             phases[(x + p) % s * phase_len + (x + p) / s] = v;
@@ -171,14 +158,21 @@ impl Pool {
                         dst.iter_mut().zip(tap).for_each(|(v, x)| *v = v.max(*x));
                     }
                 }
-                for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
-                    o.fill(f32::NEG_INFINITY);
-                    for ky in 0..k {
-                        let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else { continue };
-                        o.iter_mut().zip(&rows[iy * wo..][..wo]).for_each(|(v, x)| *v = v.max(*x));
-                    }
-                }
+                column_maxima(&rows, h, out, wo, (k, s, p));
             }
+        }
+    }
+}
+
+/// Row `oy` of `out` (`wo` wide): the maximum over the rows `oy * s + ky - p` (for `ky` in
+/// `0..k`, those inside the map) of `rows`, the `h` rows of row maxima.
+#[inline(always)]
+fn column_maxima(rows: &[f32], h: usize, out: &mut [f32], wo: usize, (k, s, p): (usize, usize, usize)) {
+    for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+        o.fill(f32::NEG_INFINITY);
+        for ky in 0..k {
+            let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&iy| iy < h) else { continue };
+            o.iter_mut().zip(&rows[iy * wo..][..wo]).for_each(|(v, x)| *v = v.max(*x));
         }
     }
 }
@@ -221,7 +215,7 @@ impl CustomOp1 for Pool {
         let mut out = vec![0f32; b * c * ho * wo];
         fork_join::for_each_chunk_mut(&mut out, ho * wo, |i, o| {
             let start = layout.start_offset() + i / c * stride[0] + i % c * stride[1];
-            pulp::Arch::new().dispatch(PlaneOp { pool: self, src: &data[start..][..h * w], h, w, out: o, wo });
+            Isa::Native.dispatch(PlaneOp { pool: self, src: &data[start..][..h * w], h, w, out: o, wo });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, c, ho, wo))))
     }
