@@ -410,6 +410,10 @@ mod tests {
             // Wide maps: bands of one output row (BAND_BYTES), several per thread.
             (256, 8, 3, 1, 1, 1, 12, 130),
             (128, 8, 3, 2, 1, 1, 14, 261),
+            // Small maps split by output channels, whose tasks share one padded input: with
+            // groups, and a 20x20 map as the models' stride-2 layers have.
+            (8, 32, 3, 2, 1, 2, 9, 7),
+            (24, 48, 3, 2, 1, 1, 20, 20),
         ] {
             let x = Tensor::randn(0f32, 1., (2, c1, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (c2, c1 / g, k, k), &dev).unwrap();

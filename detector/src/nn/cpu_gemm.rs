@@ -149,7 +149,10 @@ enum Source<'a> {
     /// `band[plane(ci, (ky d % s, kx d % s)) + (ky d / s) * wide + kx d / s + q]`: a plain
     /// matrix product with offsets, the same for every band: `offsets[(ci * k + ky) * k + kx]`.
     /// `halo` is the phase rows a band reads below its last one.
-    Band { plane_stride: usize, halo: usize, offsets: &'a [usize] },
+    ///
+    /// `padded`, when given, holds every image's whole padded input (one band of all output
+    /// rows per image, channels in order), which all tasks read instead of padding their own.
+    Band { plane_stride: usize, halo: usize, offsets: &'a [usize], padded: Option<&'a [f32]> },
     /// 1x1 convolutions (and strides above 2): gathered per task into micro-panels (see
     /// [`gather`]).
     Gathered,
@@ -218,35 +221,53 @@ pub(crate) fn conv(
     // few, the channels are split as well (below).
     let micro_panels = pixels.div_ceil(nr);
     let per_task = (micro_panels / (4 * threads)).max(1);
-    let offsets: Vec<usize>;
-    let (source, per_task) = if banded {
+    let c1g = geo.c1 / geo.g;
+    let per_task = if banded {
         // Few enough pixels that a band's padded input rows (its own, the halo, and one more
         // where it starts mid-row) stay in the core's L2.
-        let row_bytes = geo.c1 / geo.g * s * s * wide * std::mem::size_of::<f32>();
+        let row_bytes = c1g * s * s * wide * std::mem::size_of::<f32>();
         let max_rows = (BAND_BYTES / row_bytes).saturating_sub(halo + 1).max(1);
-        let per_task = per_task.min((max_rows * wide / nr).max(1));
-        let plane_stride = spaced_plane(((per_task * nr).div_ceil(wide) + 1 + halo) * wide);
+        per_task.min((max_rows * wide / nr).max(1))
+    } else {
+        per_task.min(MAX_PANELS_PER_TASK)
+    };
+    // Pixel blocks of at most `per_task` micro-panels, a multiple of the thread count of them,
+    // as even as whole micro-panels allow. Cut into blocks of exactly `per_task`, 128 -> 128 at
+    // 40x40 (35 micro-panels) made 8 tasks of 4 and one of 3: nine tasks on two threads.
+    let pixel_blocks = micro_panels.div_ceil(per_task).next_multiple_of(threads).min(micro_panels);
+    let panels = weights.panels();
+    let channel_blocks = (4 * threads).div_ceil(pixel_blocks * batch * weights.groups).clamp(1, panels);
+    // Maps too small for enough pixel blocks are split by output channels too. Banded tasks
+    // then share one padded copy of the input, made first in a parallel pass: each padding
+    // its own band, the tasks of 192 -> 128 stride 2 at 20x20 padded the input 4.5 times
+    // over, 44 % of their time.
+    let shared_band = banded && channel_blocks > 1;
+    let mut padded = if shared_band { PADDED.with(|cell| std::mem::take(&mut *cell.borrow_mut())) } else { Vec::new() };
+    let offsets: Vec<usize>;
+    let source = if banded {
+        let band_rows = if shared_band { ho + halo } else { (per_task * nr).div_ceil(wide) + 1 + halo };
+        let plane_stride = spaced_plane(band_rows * wide);
         // Once per convolution: every task's band has the same layout.
         let taps = geo.k * geo.k;
-        offsets = (0..geo.c1 / geo.g * taps)
+        offsets = (0..c1g * taps)
             .map(|row| {
                 let (ci, dy, dx) = (row / taps, row % taps / geo.k * geo.d, row % geo.k * geo.d);
                 (ci * s * s + (dy % s) * s + dx % s) * plane_stride + dy / s * wide + dx / s
             })
             .collect();
-        (Source::Band { plane_stride, halo, offsets: &offsets }, per_task)
+        if shared_band
+            && !pad_all(isa, &input, batch, (geo.p, s), (ho + halo, wide), plane_stride, &mut padded, nr + wide)
+        {
+            return false;
+        }
+        let padded = shared_band.then_some(&padded[..]);
+        Source::Band { plane_stride, halo, offsets: &offsets, padded }
     } else {
-        (Source::Gathered, per_task.min(MAX_PANELS_PER_TASK))
+        Source::Gathered
     };
     let shared = Shared { input, source, geo, weights, bias, act, residual, ho, wo, wide };
-    // Pixel blocks of at most `per_task` micro-panels, a multiple of the thread count of them,
-    // as even as whole micro-panels allow. Cut into blocks of exactly `per_task`, 128 -> 128 at
-    // 40x40 (35 micro-panels) made 8 tasks of 4 and one of 3: nine tasks on two threads.
-    let pixel_blocks = micro_panels.div_ceil(per_task).next_multiple_of(threads).min(micro_panels);
     // Wide pixel coordinate where each block starts, and the end.
     let starts: Vec<usize> = (0..pixel_blocks).map(|i| i * micro_panels / pixel_blocks * nr).chain([pixels]).collect();
-    let panels = weights.panels();
-    let channel_blocks = (4 * threads).div_ceil(pixel_blocks * batch * weights.groups).clamp(1, panels);
     let panels_per_block = panels.div_ceil(channel_blocks);
     // Output pixel ranges of the pixel blocks.
     let cuts: Vec<usize> = starts.iter().map(|&q| if q == pixels { ho * wo } else { shared.out_index(q) }).collect();
@@ -276,7 +297,76 @@ pub(crate) fn conv(
             }
         }
     }
-    fill(tasks, out_len, |task| &task.rows, |task| isa.dispatch(WithTile(RunTask { shared: &shared, task })))
+    let filled =
+        fill(tasks, out_len, |task| &task.rows, |task| isa.dispatch(WithTile(RunTask { shared: &shared, task })));
+    if shared_band {
+        PADDED.with(|cell| *cell.borrow_mut() = padded);
+    }
+    filled
+}
+
+thread_local! {
+    /// The shared padded input of a [`Source::Band`] convolution on a small map, per calling
+    /// thread (grown, never shrunk).
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Every image's whole padded input into `dst` (see [`Source::Band`]): `rows` phase rows of
+/// `wide` values per phase plane, in one parallel pass over channel chunks. Whether all of it
+/// was written (a chunk that panicked on a helper thread was not).
+#[allow(clippy::too_many_arguments)]
+fn pad_all(
+    isa: Isa,
+    input: &Input<'_>,
+    batch: usize,
+    (p, s): (usize, usize),
+    (rows, wide): (usize, usize),
+    plane_stride: usize,
+    dst: &mut Vec<f32>,
+    slack: usize,
+) -> bool {
+    let c1: usize = input.parts.iter().map(|part| part.channels).sum();
+    let channel_len = s * s * plane_stride;
+    // Never shrunk; stale values between planes and in the slack only reach junk columns.
+    let len = batch * c1 * channel_len + slack;
+    if dst.len() < len {
+        dst.resize(len, 0.0);
+    }
+    let per_item = c1.div_ceil(4 * fork_join::threads()).max(1);
+    let items: Vec<_> = dst[..batch * c1 * channel_len]
+        .chunks_mut(c1 * channel_len)
+        .enumerate()
+        .flat_map(|(image, planes)| {
+            planes.chunks_mut(per_item * channel_len).enumerate().map(move |(i, d)| (image, i, d))
+        })
+        .collect();
+    let (count, padded) = (items.len(), AtomicUsize::new(0));
+    fork_join::for_each(items, |(image, i, dst)| {
+        let channels = i * per_item..((i + 1) * per_item).min(c1);
+        isa.dispatch(PadOp { input, image, channels, at: (p, s, rows, wide), plane_stride, dst });
+        padded.fetch_add(1, Ordering::Relaxed);
+    });
+    padded.into_inner() == count
+}
+
+/// [`pad_channels`] compiled for the CPU's widest vectors (its row split vectorises).
+struct PadOp<'a, 'i> {
+    input: &'a Input<'i>,
+    image: usize,
+    channels: std::ops::Range<usize>,
+    at: (usize, usize, usize, usize),
+    plane_stride: usize,
+    dst: &'a mut [f32],
+}
+
+impl pulp::WithSimd for PadOp<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let (p, s, rows, wide) = self.at;
+        pad_channels(self.input, self.image, self.channels, (p, s), (0, rows, wide), self.plane_stride, self.dst);
+    }
 }
 
 /// Runs `tasks` on the [`fork_join`] threads, each returning whether it filled its rows, once
@@ -412,13 +502,27 @@ pub(crate) fn pad_band(
     dst: &mut Vec<f32>,
     slack: usize,
 ) {
-    let (h, w) = (input.h, input.w);
     let len = channels.len() * s * s * plane_stride + slack;
     // Never shrunk (growing zero-fills it). Every value of the band's rows is written below;
     // stale values between planes and in the slack only reach junk columns, which are dropped.
     if dst.len() < len {
         dst.resize(len, 0.0);
     }
+    pad_channels(input, image, channels, (p, s), (oy0, rows, wide), plane_stride, dst);
+}
+
+/// [`pad_band`] into `dst`, which holds at least the planes of `channels`.
+#[inline(always)]
+fn pad_channels(
+    input: &Input<'_>,
+    image: usize,
+    channels: std::ops::Range<usize>,
+    (p, s): (usize, usize),
+    (oy0, rows, wide): (usize, usize, usize),
+    plane_stride: usize,
+    dst: &mut [f32],
+) {
+    let (h, w) = (input.h, input.w);
     for (ci, phases) in channels.zip(dst.chunks_exact_mut(s * s * plane_stride)) {
         let src = input.plane(image, ci);
         for py in 0..s {
@@ -603,16 +707,23 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
 
     let Scratch { mut band, mut block, mut offsets, mut sums } = Scratch::take();
     match shared.source {
-        Source::Band { plane_stride, halo, offsets } => {
-            // Pad the band's input rows here, just before they are read: they stay in this
-            // core's cache (a separate pass over the whole input left them in L3 or in the
-            // other core's cache), and the convolution is one parallel pass instead of two.
+        Source::Band { plane_stride, halo, offsets, padded } => {
             let (s, wide) = (geo.s, shared.wide);
-            let oy0 = p0 / wide;
-            let band_rows = (p1 - 1) / wide + 1 - oy0 + halo;
-            let channels = task.group * c1g..(task.group + 1) * c1g;
-            let at = (oy0, band_rows, wide);
-            pad_band(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band, nr + wide);
+            let band: &[f32] = match padded {
+                Some(all) => &all[(task.image * geo.g + task.group) * c1g * s * s * plane_stride + p0..],
+                None => {
+                    // Pad the band's input rows here, just before they are read: they stay in
+                    // this core's cache (a separate pass over the whole input left them in L3
+                    // or in the other core's cache), and the convolution is one parallel pass
+                    // instead of two.
+                    let oy0 = p0 / wide;
+                    let band_rows = (p1 - 1) / wide + 1 - oy0 + halo;
+                    let channels = task.group * c1g..(task.group + 1) * c1g;
+                    let at = (oy0, band_rows, wide);
+                    pad_band(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band, nr + wide);
+                    &band[p0 - oy0 * wide..]
+                }
+            };
             let max_depth = if s == 2 { DIRECT_DEPTH_BLOCK / 2 } else { DIRECT_DEPTH_BLOCK };
             let block_depth = depth.div_ceil(depth.div_ceil(max_depth));
             // Partial sums of a group of micro-panels, a row per output channel.
@@ -622,7 +733,6 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
             // depth block's weights (up to 300 KiB) serve the whole group from L2, while the
             // partial sums stay a group's however large the band. One micro-panel at a time,
             // the weights of deep layers (2.4 MB for 256 -> 256) streamed from L3 for each.
-            let band = &band[p0 - oy0 * wide..];
             for g0 in (0..cols).step_by(MAX_PANELS_PER_TASK * nr) {
                 let group_end = (g0 + MAX_PANELS_PER_TASK * nr).min(cols);
                 for k0 in (0..depth).step_by(block_depth) {
