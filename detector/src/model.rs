@@ -271,7 +271,7 @@ impl Model {
                     let parts = (0..layer.from.len())
                         .map(|j| input(j)?.one().cloned())
                         .collect::<candle_core::Result<Vec<_>>>()?;
-                    LayerOutput::One(Tensor::cat(&parts, 1)?)
+                    LayerOutput::One(crate::nn::cat_channels(&parts)?)
                 }
                 Block::CbLinear(m) => LayerOutput::Split(m.forward(&first(x)?)?),
                 Block::CbFuse(idx) => {

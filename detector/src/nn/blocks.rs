@@ -99,7 +99,7 @@ impl Module for ADown {
         let (x1, x2) = chunk2(&x)?;
         let x1 = self.cv1.forward(&x1)?;
         let x2 = self.cv2.forward(&max_pool(&x2, 3, 2, 1)?)?;
-        Tensor::cat(&[x1, x2], 1)
+        cpu_pool::cat_channels(&[x1, x2])
     }
 }
 

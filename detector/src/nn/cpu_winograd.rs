@@ -152,7 +152,7 @@ pub(crate) fn conv(
             for (i, b) in starts.windows(2).enumerate() {
                 let len = ((2 * b[1]).min(h) - 2 * b[0]) * w;
                 let (segment, rest) = plane.split_at_mut(len);
-                tasks[first + c / block_channels * bands + i].rows.extend(segment.chunks_exact_mut(w).map(Filler));
+                tasks[first + c / block_channels * bands + i].rows.extend(segment.chunks_exact_mut(w).map(Filler::new));
                 plane = rest;
             }
         }

@@ -7,6 +7,7 @@ mod cpu_conv;
 mod cpu_decode;
 mod cpu_gemm;
 mod cpu_pool;
+pub(crate) use cpu_pool::cat_channels;
 mod cpu_winograd;
 mod fork_join;
 pub mod head;
