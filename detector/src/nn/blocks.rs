@@ -136,8 +136,9 @@ impl Module for RepNBottleneck {
 /// `RepNCSP(c1, c2, n)`: CSP block with `n` RepNBottlenecks.
 #[derive(Debug, Clone)]
 struct RepNCsp {
-    cv1: ConvBlock,
-    cv2: ConvBlock,
+    /// cv1 and cv2 (both 1x1 over the input, `c_` channels each) as one convolution.
+    cv1_cv2: ConvBlock,
+    c_: usize,
     cv3: ConvBlock,
     m: Vec<RepNBottleneck>,
 }
@@ -147,28 +148,30 @@ impl RepNCsp {
         let c_ = c2 / 2; // e = 0.5 (int(c2 * 0.5))
         let m = (0..n).map(|i| RepNBottleneck::load(&w.pp("m").pp(i), c_, c_, ctx)).collect::<Result<_>>()?;
         Ok(Self {
-            cv1: ConvBlock::load_conv(&w.pp("cv1"), ConvShape::new(c1, c_, 1, 1), true, ctx)?,
-            cv2: ConvBlock::load_conv(&w.pp("cv2"), ConvShape::new(c1, c_, 1, 1), true, ctx)?,
+            cv1_cv2: ConvBlock::load_conv_pair(&w.pp("cv1"), &w.pp("cv2"), ConvShape::new(c1, c_, 1, 1), ctx)?,
+            c_,
             cv3: ConvBlock::load_conv(&w.pp("cv3"), ConvShape::new(2 * c_, c2, 1, 1), true, ctx)?,
             m,
         })
     }
 
     fn params(&self) -> usize {
-        self.cv1.params()
-            + self.cv2.params()
-            + self.cv3.params()
-            + self.m.iter().map(RepNBottleneck::params).sum::<usize>()
+        self.cv1_cv2.params() + self.cv3.params() + self.m.iter().map(RepNBottleneck::params).sum::<usize>()
     }
 }
 
 impl Module for RepNCsp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut a = self.cv1.forward(x)?;
-        for b in &self.m {
-            a = b.forward(&a)?;
+        let y = self.cv1_cv2.forward(x)?;
+        // Channel slices, which the CPU kernel reads in place; made contiguous elsewhere.
+        let half = |i: usize| -> candle_core::Result<Tensor> {
+            let t = y.narrow(1, i * self.c_, self.c_)?;
+            if t.device().is_cpu() { Ok(t) } else { t.contiguous() }
+        };
+        let (mut a, b) = (half(0)?, half(1)?);
+        for m in &self.m {
+            a = m.forward(&a)?;
         }
-        let b = self.cv2.forward(x)?;
         self.cv3.forward_cat(&[&a, &b])
     }
 }

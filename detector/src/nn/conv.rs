@@ -154,6 +154,16 @@ impl ConvBlock {
         Self::new(weight, bias, shape, act.then_some(ctx.activation), ctx, "Conv")
     }
 
+    /// Two `Conv`s of the same `shape` over the same input as one convolution, whose output
+    /// holds the first's channels and then the second's (RepNCSP's cv1 and cv2): one pass over
+    /// the input instead of two, and one parallel loop less.
+    pub fn load_conv_pair(first: &Weights, second: &Weights, shape: ConvShape, ctx: &LoadCtx) -> Result<Self> {
+        let (w1, b1) = load_folded(first, shape, ctx.bn_eps)?;
+        let (w2, b2) = load_folded(second, shape, ctx.bn_eps)?;
+        let both = ConvShape { c2: 2 * shape.c2, ..shape };
+        Self::new(Tensor::cat(&[w1, w2], 0)?, Tensor::cat(&[b1, b2], 0)?, both, Some(ctx.activation), ctx, "Conv")
+    }
+
     /// A plain `nn.Conv2d` with bias and no activation (detection head outputs, CBLinear).
     pub fn load_conv2d(w: &Weights, shape: ConvShape, ctx: &LoadCtx) -> Result<Self> {
         let weight = w.get("weight", &shape.weight_shape())?;
