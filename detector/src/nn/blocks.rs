@@ -2,7 +2,7 @@
 
 use candle_core::{D, Module, Tensor};
 
-use super::conv::{ConvBlock, ConvShape, LoadCtx};
+use super::conv::{ConvBlock, ConvShape, LoadCtx, channel_slice};
 use super::cpu_conv::CpuConv;
 use super::cpu_pool;
 use crate::error::Result;
@@ -146,9 +146,10 @@ struct RepNCsp {
 impl RepNCsp {
     fn load(w: &Weights, c1: usize, c2: usize, n: usize, ctx: &LoadCtx) -> Result<Self> {
         let c_ = c2 / 2; // e = 0.5 (int(c2 * 0.5))
+        let shape = ConvShape::new(c1, c_, 1, 1);
         let m = (0..n).map(|i| RepNBottleneck::load(&w.pp("m").pp(i), c_, c_, ctx)).collect::<Result<_>>()?;
         Ok(Self {
-            cv1_cv2: ConvBlock::load_conv_pair(&w.pp("cv1"), &w.pp("cv2"), ConvShape::new(c1, c_, 1, 1), ctx)?,
+            cv1_cv2: ConvBlock::load_convs_as_one(&[(&w.pp("cv1"), shape), (&w.pp("cv2"), shape)], ctx)?,
             c_,
             cv3: ConvBlock::load_conv(&w.pp("cv3"), ConvShape::new(2 * c_, c2, 1, 1), true, ctx)?,
             m,
@@ -163,12 +164,7 @@ impl RepNCsp {
 impl Module for RepNCsp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.cv1_cv2.forward(x)?;
-        // Channel slices, which the CPU kernel reads in place; made contiguous elsewhere.
-        let half = |i: usize| -> candle_core::Result<Tensor> {
-            let t = y.narrow(1, i * self.c_, self.c_)?;
-            if t.device().is_cpu() { Ok(t) } else { t.contiguous() }
-        };
-        let (mut a, b) = (half(0)?, half(1)?);
+        let (mut a, b) = (channel_slice(&y, 0, self.c_)?, channel_slice(&y, self.c_, self.c_)?);
         for m in &self.m {
             a = m.forward(&a)?;
         }

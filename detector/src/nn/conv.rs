@@ -6,7 +6,7 @@ use std::cell::Cell;
 use candle_core::{DType, Device, Module, Tensor};
 
 use super::cpu_conv::{CpuConv, Geometry};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::spec::Activation;
 use crate::weights::Weights;
 
@@ -66,7 +66,7 @@ pub struct ConvBlock {
 }
 
 /// Geometry of one convolution.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvShape {
     pub c1: usize,
     pub c2: usize,
@@ -154,14 +154,26 @@ impl ConvBlock {
         Self::new(weight, bias, shape, act.then_some(ctx.activation), ctx, "Conv")
     }
 
-    /// Two `Conv`s of the same `shape` over the same input as one convolution, whose output
-    /// holds the first's channels and then the second's (RepNCSP's cv1 and cv2): one pass over
-    /// the input instead of two, and one parallel loop less.
-    pub fn load_conv_pair(first: &Weights, second: &Weights, shape: ConvShape, ctx: &LoadCtx) -> Result<Self> {
-        let (w1, b1) = load_folded(first, shape, ctx.bn_eps)?;
-        let (w2, b2) = load_folded(second, shape, ctx.bn_eps)?;
-        let both = ConvShape { c2: 2 * shape.c2, ..shape };
-        Self::new(Tensor::cat(&[w1, w2], 0)?, Tensor::cat(&[b1, b2], 0)?, both, Some(ctx.activation), ctx, "Conv")
+    /// `Conv`s over the same input (shapes equal but for the output channels) as one
+    /// convolution, whose output holds their channels in order: RepNCSP's cv1 and cv2, the
+    /// detection head's first box and class convolutions. One pass over the input instead of
+    /// several (for a 3x3, one Winograd input transform), and fewer parallel loops.
+    pub fn load_convs_as_one(convs: &[(&Weights, ConvShape)], ctx: &LoadCtx) -> Result<Self> {
+        let Some(&(_, first)) = convs.first() else {
+            return Err(Error::Spec("no convolutions to join".into()));
+        };
+        let (mut weights, mut biases) = (Vec::with_capacity(convs.len()), Vec::with_capacity(convs.len()));
+        for &(w, shape) in convs {
+            if (ConvShape { c2: first.c2, ..shape }) != first {
+                return Err(Error::Spec(format!("cannot join convolutions {first:?} and {shape:?}")));
+            }
+            let (weight, bias) = load_folded(w, shape, ctx.bn_eps)?;
+            weights.push(weight);
+            biases.push(bias);
+        }
+        let joined = ConvShape { c2: convs.iter().map(|(_, shape)| shape.c2).sum(), ..first };
+        let (weight, bias) = (Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?);
+        Self::new(weight, bias, joined, Some(ctx.activation), ctx, "Conv")
     }
 
     /// A plain `nn.Conv2d` with bias and no activation (detection head outputs, CBLinear).
@@ -209,6 +221,13 @@ impl Module for ConvBlock {
             None => Ok(y),
         }
     }
+}
+
+/// Channels `start .. start + len` of `x`: a slice, which the CPU kernel reads in place (and
+/// which for a batch of one is contiguous); a contiguous copy on other devices.
+pub fn channel_slice(x: &Tensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
+    let slice = x.narrow(1, start, len)?;
+    if slice.device().is_cpu() { Ok(slice) } else { slice.contiguous() }
 }
 
 impl ConvBlock {

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::conv::{ConvBlock, ConvShape, LoadCtx};
+use super::conv::{ConvBlock, ConvShape, LoadCtx, channel_slice};
 use super::cpu_decode;
 use crate::error::Result;
 use crate::spec::HeadKind;
@@ -22,8 +22,12 @@ fn make_divisible(x: usize, d: usize) -> usize {
 
 /// The convolutions of one head branch (one entry per level).
 struct Branch {
-    box_convs: Vec<[ConvBlock; 3]>,
-    cls_convs: Vec<[ConvBlock; 3]>,
+    /// The first box and class convolutions (both 3x3 over the level's input) as one: its
+    /// first `box_channels` outputs start the box branch, the rest the class branch.
+    stems: Vec<ConvBlock>,
+    box_channels: usize,
+    box_convs: Vec<[ConvBlock; 2]>,
+    cls_convs: Vec<[ConvBlock; 2]>,
     /// DFL projection weights (0..15 in official files), shape (16, 1), f32 (decoding runs in f32).
     dfl: Tensor,
     /// The same bin values on the host, for the CPU decoder.
@@ -39,18 +43,18 @@ impl Branch {
         let c2 = if grouped { make_divisible(c2, 4) } else { c2 };
         let c3 = c0.max((nc * 2).min(128));
         let g = if grouped { 4 } else { 1 };
+        let mut stems = Vec::with_capacity(ch.len());
         let mut box_convs = Vec::with_capacity(ch.len());
         let mut cls_convs = Vec::with_capacity(ch.len());
         for (l, &x) in ch.iter().enumerate() {
-            let b = w.pp(box_name).pp(l);
+            let (b, c) = (w.pp(box_name).pp(l), w.pp(cls_name).pp(l));
+            let firsts = [(&b.pp(0), ConvShape::new(x, c2, 3, 1)), (&c.pp(0), ConvShape::new(x, c3, 3, 1))];
+            stems.push(ConvBlock::load_convs_as_one(&firsts, ctx)?);
             box_convs.push([
-                ConvBlock::load_conv(&b.pp(0), ConvShape::new(x, c2, 3, 1), true, ctx)?,
                 ConvBlock::load_conv(&b.pp(1), ConvShape::new(c2, c2, 3, 1).groups(g), true, ctx)?,
                 ConvBlock::load_conv2d(&b.pp(2), ConvShape::new(c2, 4 * REG_MAX, 1, 1).groups(g), ctx)?,
             ]);
-            let c = w.pp(cls_name).pp(l);
             cls_convs.push([
-                ConvBlock::load_conv(&c.pp(0), ConvShape::new(x, c3, 3, 1), true, ctx)?,
                 ConvBlock::load_conv(&c.pp(1), ConvShape::new(c3, c3, 3, 1), true, ctx)?,
                 ConvBlock::load_conv2d(&c.pp(2), ConvShape::new(c3, nc, 1, 1), ctx)?,
             ]);
@@ -58,11 +62,18 @@ impl Branch {
         let dfl = w.pp(dfl_name).pp("conv").get("weight", &[1, REG_MAX, 1, 1])?;
         let dfl = dfl.reshape((REG_MAX, 1))?.to_device(&ctx.device)?.to_dtype(DType::F32)?;
         let dfl_values = dfl.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self { box_convs, cls_convs, dfl, dfl_values })
+        Ok(Self { stems, box_channels: c2, box_convs, cls_convs, dfl, dfl_values })
     }
 
     fn params(&self) -> usize {
-        let convs = self.box_convs.iter().chain(&self.cls_convs).flatten().map(ConvBlock::params).sum::<usize>();
+        let convs = self
+            .box_convs
+            .iter()
+            .chain(&self.cls_convs)
+            .flatten()
+            .chain(&self.stems)
+            .map(ConvBlock::params)
+            .sum::<usize>();
         convs + self.dfl.elem_count()
     }
 }
@@ -188,13 +199,16 @@ impl Head {
     pub fn forward(&self, xs: &[&Tensor]) -> candle_core::Result<HeadOutput> {
         let _enter = self.span.enter();
         let mut levels = Vec::with_capacity(xs.len());
+        let branch = &self.branch;
         for (l, x) in xs.iter().enumerate() {
-            let mut bx = (*x).clone();
-            for c in &self.branch.box_convs[l] {
+            let stem = branch.stems[l].forward(x)?;
+            let split = branch.box_channels;
+            let mut bx = channel_slice(&stem, 0, split)?;
+            for c in &branch.box_convs[l] {
                 bx = c.forward(&bx)?;
             }
-            let mut cl = (*x).clone();
-            for c in &self.branch.cls_convs[l] {
+            let mut cl = channel_slice(&stem, split, stem.dim(1)? - split)?;
+            for c in &branch.cls_convs[l] {
                 cl = c.forward(&cl)?;
             }
             levels.push((bx, cl));
@@ -262,6 +276,8 @@ mod tests {
             nc,
             strides: vec![8, 16],
             branch: Branch {
+                stems: vec![],
+                box_channels: 0,
                 box_convs: vec![],
                 cls_convs: vec![],
                 dfl_values: dfl.flatten_all().unwrap().to_vec1().unwrap(),
