@@ -453,6 +453,12 @@ impl<'a> Filler<'a> {
         }
     }
 
+    /// What is left to fill, cut into parts of `row_len` values (the last may be shorter),
+    /// each filled on its own.
+    pub fn into_rows(self, row_len: usize) -> impl Iterator<Item = Filler<'a>> {
+        self.0.chunks_mut(row_len.max(1)).map(Filler)
+    }
+
     /// Values left to fill.
     pub fn len(&self) -> usize {
         self.0.len()
