@@ -401,9 +401,9 @@ pub(crate) fn fill<'a, T: Send>(
 /// 1x1 and stride-2 convolutions, which move much memory for few multiply-adds, that was a whole
 /// extra pass over memory.
 ///
-/// Its slice is private: only [`Filler::push`] takes values off it, and it writes every one
-/// it takes, so a full `Filler` has written all of its part ([`filled_vec`] and
-/// `CpuConv::run` rely on that).
+/// Its slice is private: only [`Filler::push`] takes values off it (or [`Filler::into_rows`]
+/// cuts it up), and it writes every one it takes, so a full `Filler` has written all of its
+/// part ([`filled_vec`] and `CpuConv::run` rely on that).
 pub(crate) struct Filler<'a>(&'a mut [MaybeUninit<f32>]);
 
 impl<'a> Filler<'a> {
@@ -479,14 +479,14 @@ impl<'a> Filler<'a> {
 pub(crate) fn filled_vec(
     len: usize,
     part_len: usize,
-    write: impl Fn(usize, &mut Filler<'_>) + Sync,
+    write: impl Fn(usize, OutputPart<'_, '_>) + Sync,
 ) -> Option<Vec<f32>> {
     let mut out = Vec::with_capacity(len);
     let parts = len.div_ceil(part_len.max(1));
     let full = AtomicUsize::new(0);
     fork_join::for_each_chunk_mut(&mut out.spare_capacity_mut()[..len], part_len, |i, part| {
         let mut part = Filler::new(part);
-        write(i, &mut part);
+        write(i, OutputPart(&mut part));
         if part.is_full() {
             full.fetch_add(1, Ordering::Relaxed);
         }
@@ -496,13 +496,32 @@ pub(crate) fn filled_vec(
     }
     // SAFETY: `len` is within the capacity, and the first `len` values of the spare capacity
     // are initialised: `for_each_chunk_mut` cut them into disjoint parts that cover all of them
-    // and ran each once (as it documents); each part was wrapped in a `Filler`, which only
-    // gives up values through `push`, writing each, and every `Filler` was seen full.
+    // and ran each once (as it documents); each part was wrapped in a `Filler` that `write` could
+    // only push values to (through `OutputPart`, which nothing outside this module can make or
+    // take apart), `Filler::push` writes every value it takes off the front, and every part's
+    // `Filler` was seen full.
     #[allow(unsafe_code)]
     unsafe {
         out.set_len(len)
     };
     Some(out)
+}
+
+/// One part of a [`filled_vec`] output, to be filled front to back.
+pub(crate) struct OutputPart<'p, 'a>(&'p mut Filler<'a>);
+
+impl OutputPart<'_, '_> {
+    /// Writes `values` at the front of what is left (see [`Filler::push`]).
+    #[inline(always)]
+    pub fn push(&mut self, values: &[f32]) {
+        self.0.push(values)
+    }
+
+    /// Values left to fill.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// `len` values of `buf` that start on a cache line (`buf` is grown as needed, never shrunk;
@@ -1181,17 +1200,17 @@ mod tests {
     #[test]
     fn filled_vec_fills_every_part_or_gives_nothing() {
         for (len, part_len) in [(0, 3), (0, 0), (1, 1), (10, 3), (1000, 7), (4096, 64)] {
-            let out = filled_vec(len, part_len, |i, part| part.push(&vec![i as f32; part.len()])).unwrap();
+            let out = filled_vec(len, part_len, |i, mut part| part.push(&vec![i as f32; part.len()])).unwrap();
             let want: Vec<f32> = (0..len).map(|j| (j / part_len) as f32).collect();
             assert_eq!(out, want, "{len} in parts of {part_len}");
         }
         assert!(
-            filled_vec(10, 3, |i, part| if i != 2 {
+            filled_vec(10, 3, |i, mut part| if i != 2 {
                 part.push(&vec![0.0; part.len()])
             })
             .is_none()
         );
-        assert!(filled_vec(10, 3, |_, part| part.push(&[1.0])).is_none());
+        assert!(filled_vec(10, 3, |_, mut part| part.push(&[1.0])).is_none());
         assert!(filled_vec(10, 0, |_, _| {}).is_none());
     }
 

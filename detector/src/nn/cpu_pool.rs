@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
-use super::cpu_gemm::{Filler, Isa, deinterleave, filled_vec};
+use super::cpu_gemm::{Isa, OutputPart, deinterleave, filled_vec};
 use super::fork_join;
 
 /// `avg_pool2d(x, 2, 1, 0)`.
@@ -98,7 +98,7 @@ pub(crate) fn cat_channels(parts: &[Tensor]) -> candle_core::Result<Tensor> {
         sources.push((data, part.dim(1)?));
     }
     let plane = h * w;
-    let out = filled_vec(b * channels * plane, plane, |i, out| {
+    let out = filled_vec(b * channels * plane, plane, |i, mut out| {
         let (image, mut c) = (i / channels, i % channels);
         for &(data, part_channels) in &sources {
             if c < part_channels {
@@ -136,7 +136,7 @@ impl Pool {
     /// row by row into `out`. Inlined into [`PlaneOp`], which compiles it for the CPU's widest
     /// vectors.
     #[inline(always)]
-    fn plane(&self, src: &[f32], (h, w): (usize, usize), out: &mut Filler<'_>, (ho, wo): (usize, usize)) {
+    fn plane(&self, src: &[f32], (h, w): (usize, usize), out: &mut OutputPart<'_, '_>, (ho, wo): (usize, usize)) {
         // Each output row is made here (in L1), then written.
         let mut o = vec![0f32; wo];
         match *self {
@@ -216,7 +216,7 @@ impl Pool {
 fn column_maxima(
     rows: &[f32],
     h: usize,
-    (out, o): (&mut Filler<'_>, &mut [f32]),
+    (out, o): (&mut OutputPart<'_, '_>, &mut [f32]),
     ho: usize,
     (k, s, p): (usize, usize, usize),
 ) {
@@ -233,22 +233,22 @@ fn column_maxima(
 
 /// [`Pool::plane`] compiled for the widest SIMD the CPU has (AVX-512 or AVX2 through `pulp`'s
 /// runtime dispatch): built for the baseline x86-64, its loops ran 4 values at a time at most.
-struct PlaneOp<'a, 'o> {
+struct PlaneOp<'a, 'p, 'o> {
     pool: &'a Pool,
     src: &'a [f32],
     h: usize,
     w: usize,
-    out: &'a mut Filler<'o>,
+    out: OutputPart<'p, 'o>,
     ho: usize,
     wo: usize,
 }
 
-impl pulp::WithSimd for PlaneOp<'_, '_> {
+impl pulp::WithSimd for PlaneOp<'_, '_, '_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        self.pool.plane(self.src, (self.h, self.w), self.out, (self.ho, self.wo));
+    fn with_simd<S: pulp::Simd>(mut self, _simd: S) {
+        self.pool.plane(self.src, (self.h, self.w), &mut self.out, (self.ho, self.wo));
     }
 }
 
