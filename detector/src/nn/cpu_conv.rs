@@ -16,7 +16,7 @@
 //! [`cpu_gemm`]: super::cpu_gemm
 //! [`cpu_winograd`]: super::cpu_winograd
 
-use candle_core::{CpuStorage, DType, Device, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor};
 use pulp::Simd;
 
 use super::cpu_gemm::{self, Input, Isa, PackedWeights, Part};
@@ -144,10 +144,7 @@ impl CpuConv {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let residual_guard = residual.as_ref().map(Tensor::storage_and_layout);
         let residual = match &residual_guard {
-            Some((storage, layout)) => {
-                let start = layout.start_offset();
-                Some(&f32_data(storage)?[start..start + shape.elem_count()])
-            }
+            Some((storage, layout)) => Some(contiguous_f32(storage, layout)?),
             None => None,
         };
         let input = Input { parts: &parts, h, w };
@@ -173,6 +170,11 @@ impl CpuConv {
         };
         Tensor::from_vec(out, shape, &Device::Cpu)
     }
+}
+
+/// The f32 values of a contiguous CPU tensor, from its storage and layout.
+pub(crate) fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    Ok(&f32_data(storage)?[layout.start_offset()..][..layout.shape().elem_count()])
 }
 
 /// The f32 data of a CPU storage.

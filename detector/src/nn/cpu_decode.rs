@@ -6,9 +6,9 @@
 //! one thread and took 10–14 ms of a 260 ms gelan-s pass at 640; the same arithmetic here reads
 //! each map once, writes no intermediate tensors and uses all threads.
 
-use candle_core::{Device, Layout, Storage, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::cpu_conv::{CpuConv, exp, f32_data};
+use super::cpu_conv::{CpuConv, contiguous_f32, exp};
 use super::cpu_gemm::Isa;
 use super::fork_join;
 
@@ -48,7 +48,7 @@ pub(crate) fn decode(levels: &[Level<'_>], dfl: &[f32]) -> candle_core::Result<T
     let guards: Vec<_> = maps.iter().map(|(bx, cl, ..)| (bx.storage_and_layout(), cl.storage_and_layout())).collect();
     let mut levels_data = Vec::with_capacity(maps.len());
     for ((_, _, len, stride, w), (bx, cl)) in maps.iter().zip(&guards) {
-        let (boxes, classes) = (data(&bx.0, bx.1)?, data(&cl.0, cl.1)?);
+        let (boxes, classes) = (contiguous_f32(&bx.0, bx.1)?, contiguous_f32(&cl.0, cl.1)?);
         levels_data.push(LevelData { boxes, classes, len: *len, w: *w, stride: *stride as f32 });
     }
 
@@ -117,11 +117,6 @@ fn to_box(a: f32, stride: f32, near: &mut f32, far: &mut f32) {
     let (x1, x2) = (a - *near, a + *far);
     *near = (x1 + x2) / 2.0 * stride;
     *far = (x2 - x1) * stride;
-}
-
-/// The f32 values of a contiguous CPU tensor's storage.
-fn data<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    Ok(&f32_data(storage)?[layout.start_offset()..][..layout.shape().elem_count()])
 }
 
 struct LevelData<'a> {

@@ -9,6 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
+use super::cpu_conv::contiguous_f32;
 use super::cpu_gemm::{Isa, OutputPart, deinterleave, filled_vec};
 use super::fork_join;
 
@@ -50,9 +51,8 @@ pub(crate) fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<
         sources.push((t.storage_and_layout(), th, tw, index(th, h), index(tw, w)));
     }
     let mut data = Vec::with_capacity(sources.len());
-    for ((storage, layout), th, tw, _, _) in &sources {
-        let n = b * c * th * tw;
-        data.push(&super::cpu_conv::f32_data(storage)?[layout.start_offset()..][..n]);
+    for ((storage, layout), ..) in &sources {
+        data.push(contiguous_f32(storage, layout)?);
     }
     let mut out = vec![0f32; b * c * h * w];
     fork_join::for_each_chunk_mut(&mut out, h * w, |plane, out| {
@@ -94,8 +94,7 @@ pub(crate) fn cat_channels(parts: &[Tensor]) -> candle_core::Result<Tensor> {
     let guards: Vec<_> = parts.iter().map(Tensor::storage_and_layout).collect();
     let mut sources = Vec::with_capacity(parts.len());
     for ((storage, layout), part) in guards.iter().zip(&parts) {
-        let data = &super::cpu_conv::f32_data(storage)?[layout.start_offset()..][..part.elem_count()];
-        sources.push((data, part.dim(1)?));
+        sources.push((contiguous_f32(storage, layout)?, part.dim(1)?));
     }
     let plane = h * w;
     let out = filled_vec(b * channels * plane, plane, |i, mut out| {
