@@ -596,40 +596,60 @@ fn pad_channels(
     dst: &mut [f32],
 ) {
     let (h, w) = (input.h, input.w);
+    // Stride 4 (Winograd F(4x4, 3x3)): a padded input row and its even and odd columns.
+    let (mut padded_row, mut halves) = (Vec::new(), if s == 4 { vec![0f32; 4 * wide] } else { Vec::new() });
     for (ci, phases) in channels.zip(dst.chunks_exact_mut(s * s * plane_stride)) {
         let src = input.plane(image, ci);
         for py in 0..s {
-            // With stride 2, `odd` is the plane of odd padded columns of the same rows.
-            let (even, odd) = phases[py * s * plane_stride..].split_at_mut(plane_stride);
+            // The planes of phase row `py`: phase column `px` holds padded columns `s c + px`.
+            let planes = &mut phases[py * s * plane_stride..][..s * plane_stride];
             for r in 0..rows {
                 let y = s * (oy0 + r) + py;
-                let row = &mut even[r * wide..][..wide];
                 if !(p..p + h).contains(&y) {
-                    row.fill(0.0);
-                    if s == 2 {
-                        odd[r * wide..][..wide].fill(0.0);
+                    for px in 0..s {
+                        planes[px * plane_stride + r * wide..][..wide].fill(0.0);
                     }
                     continue;
                 }
                 let src = &src[(y - p) * w..][..w];
                 if s == 1 {
+                    let row = &mut planes[r * wide..][..wide];
                     row[..p].fill(0.0);
                     row[p..p + w].copy_from_slice(src);
                     row[p + w..].fill(0.0);
                     continue;
                 }
-                let odd_row = &mut odd[r * wide..][..wide];
-                // Phase column c holds padded column 2c + px; the input covers p .. p + w.
-                for (px, row) in [(0, &mut *row), (1, &mut *odd_row)] {
-                    let (lo, hi) = (p.saturating_sub(px).div_ceil(2), (p + w).saturating_sub(px).div_ceil(2));
+                if s == 4 {
+                    // The padded row, split in two rounds: even and odd columns, then each of
+                    // those again (a strided copy per phase ran one value at a time).
+                    padded_row.clear();
+                    padded_row.resize((4 * wide).max(p + w), 0.0);
+                    padded_row[p..p + w].copy_from_slice(src);
+                    let (even, odd) = halves.split_at_mut(2 * wide);
+                    deinterleave(&padded_row[..4 * wide], even, odd);
+                    let (p0, rest) = planes.split_at_mut(plane_stride);
+                    let (p1, rest) = rest.split_at_mut(plane_stride);
+                    let (p2, p3) = rest.split_at_mut(plane_stride);
+                    let at = r * wide..(r + 1) * wide;
+                    deinterleave(even, &mut p0[at.clone()], &mut p2[at.clone()]);
+                    deinterleave(odd, &mut p1[at.clone()], &mut p3[at]);
+                    continue;
+                }
+                // Phase column c of phase px holds padded column 2 c + px; the input covers
+                // padded columns p .. p + w.
+                for px in 0..s {
+                    let (lo, hi) = (p.saturating_sub(px).div_ceil(s), (p + w).saturating_sub(px).div_ceil(s));
+                    let row = &mut planes[px * plane_stride + r * wide..][..wide];
                     row[..lo].fill(0.0);
                     row[hi..].fill(0.0);
                 }
-                // Input column x is padded column x + p; even padded columns go to `row`.
+                let (even, odd) = planes.split_at_mut(plane_stride);
+                let (even, odd) = (&mut even[r * wide..][..wide], &mut odd[r * wide..][..wide]);
+                // Input column x is padded column x + p; even padded columns go to `even`.
                 if p % 2 == 0 {
-                    deinterleave(src, &mut row[p / 2..], &mut odd_row[p / 2..]);
+                    deinterleave(src, &mut even[p / 2..], &mut odd[p / 2..]);
                 } else {
-                    deinterleave(src, &mut odd_row[p / 2..], &mut row[p.div_ceil(2)..]);
+                    deinterleave(src, &mut odd[p / 2..], &mut even[p.div_ceil(2)..]);
                 }
             }
         }
