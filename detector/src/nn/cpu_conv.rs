@@ -416,6 +416,10 @@ mod tests {
             // groups, and a 20x20 map as the models' stride-2 layers have.
             (8, 32, 3, 2, 1, 2, 9, 7),
             (24, 48, 3, 2, 1, 1, 20, 20),
+            // Depth blocks of whole channels, padded one block at a time, the last one smaller
+            // (9 + 8 channels of a 3x3, 7 + 6 of a 5x5), several micro-panels per task.
+            (17, 24, 3, 2, 1, 1, 60, 81),
+            (13, 8, 5, 1, 2, 1, 18, 23),
         ] {
             let x = Tensor::randn(0f32, 1., (2, c1, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.3, (c2, c1 / g, k, k), &dev).unwrap();

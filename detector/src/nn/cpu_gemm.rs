@@ -12,12 +12,12 @@
 //! - `W` is packed once at load into panels of [`PANEL_ROWS`] output channels (depth-major),
 //!   so the kernel broadcasts one weight per row and step.
 //! - Kernels larger than 1x1 with stride 1 or 2 (every 3x3 of these models): each task copies
-//!   the input rows its band of pixels reads into zero-padded planes in a per-thread buffer
-//!   (in L2 when it reads them), split by stride phase when the stride is 2 (even and odd rows
-//!   and columns apart). In "wide" pixel coordinates (the row width of those planes, so a few
-//!   junk columns per row) every row of `col` is then a shifted slice of a plane, so the kernel
-//!   reads it in place through a table of per-depth offsets ([`Source::Band`]), four
-//!   micro-panels per depth block.
+//!   the input rows its band of pixels reads into zero-padded planes in a per-thread buffer,
+//!   one depth block of input channels at a time (in L2 when it reads them), split by stride
+//!   phase when the stride is 2 (even and odd rows and columns apart). In "wide" pixel
+//!   coordinates (the row width of those planes, so a few junk columns per row) every row of
+//!   `col` is then a shifted slice of a plane, so the kernel reads it in place through a table
+//!   of per-depth offsets ([`Source::Band`]), all the task's micro-panels per depth block.
 //! - 1x1 convolutions (and other strides): each task gathers the `DEPTH_BLOCK x NR` slices of `col` it
 //!   needs into a small per-thread buffer ([`gather`]), which stays in cache while every
 //!   channel panel uses it (for 1x1 these are plain copies of input row segments).
@@ -54,9 +54,12 @@ const DEPTH_BLOCK: usize = 128;
 /// the taps of a channel read four phase planes, and half as many rows per block ran 4-8 %
 /// faster (32 -> 64 at 320x320, 64 -> 128 at 159x159, 192 -> 256 at 39x39).
 const DIRECT_DEPTH_BLOCK: usize = 288;
-/// Most pixel micro-panels per task of a gathered convolution, and per group (micro-panels
-/// sharing each depth block's weights) of a banded one.
+/// Most pixel micro-panels per task of a gathered convolution.
 const MAX_PANELS_PER_TASK: usize = 4;
+/// Most partial sums per task of a [`Source::Band`] convolution (a row of the task's pixels per
+/// output channel, kept between depth blocks): with a depth block's padded input and weights
+/// they stay in L2.
+const SUMS_BYTES: usize = 256 * 1024;
 /// Most padded input per band of a [`Source::Band`] convolution: with the partial sums and
 /// weights it stays in a core's L2 (2 MiB here, 0.5-1.25 MiB on most laptop cores).
 const BAND_BYTES: usize = 512 * 1024;
@@ -225,11 +228,20 @@ pub(crate) fn conv(
     let per_task = (micro_panels / (4 * threads)).max(1);
     let c1g = geo.c1 / geo.g;
     let per_task = if banded {
-        // Few enough pixels that a band's padded input rows (its own, the halo, and one more
-        // where it starts mid-row) stay in the core's L2.
-        let row_bytes = c1g * s * s * wide * std::mem::size_of::<f32>();
+        // Few enough pixels that a depth block's padded input rows (its own, the halo, and one
+        // more where it starts mid-row) stay in the core's L2.
+        let block_channels = block_channels(c1g, geo.k * geo.k, s);
+        let row_bytes = block_channels * s * s * wide * std::mem::size_of::<f32>();
         let max_rows = (BAND_BYTES / row_bytes).saturating_sub(halo + 1).max(1);
-        per_task.min((max_rows * wide / nr).max(1))
+        let per_task = per_task.min((max_rows * wide / nr).max(1));
+        if block_channels < c1g {
+            // The partial sums between depth blocks, a row of all the task's micro-panels per
+            // output channel, stay in L2 too.
+            let sums_per_panel = weights.rows * nr * std::mem::size_of::<f32>();
+            per_task.min((SUMS_BYTES / sums_per_panel).max(1))
+        } else {
+            per_task
+        }
     } else {
         per_task.min(MAX_PANELS_PER_TASK)
     };
@@ -802,39 +814,53 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     match shared.source {
         Source::Band { plane_stride, halo, offsets, padded } => {
             let (s, wide) = (geo.s, shared.wide);
-            let band: &[f32] = match padded {
-                Some(all) => &all[(task.image * geo.g + task.group) * c1g * s * s * plane_stride + p0..],
-                None => {
-                    // Pad the band's input rows here, just before they are read: they stay in
-                    // this core's cache (a separate pass over the whole input left them in L3
-                    // or in the other core's cache), and the convolution is one parallel pass
-                    // instead of two.
-                    let oy0 = p0 / wide;
-                    let band_rows = (p1 - 1) / wide + 1 - oy0 + halo;
-                    let channels = task.group * c1g..(task.group + 1) * c1g;
-                    let at = (oy0, band_rows, wide);
-                    pad_band(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band, nr + wide);
-                    &band[p0 - oy0 * wide..]
+            let taps = geo.k * geo.k;
+            // Depth blocks of whole input channels: each block's band rows are padded just
+            // before the block is read (below).
+            let block_channels = block_channels(c1g, taps, s);
+            let block_depth = block_channels * taps;
+            let channel_len = s * s * plane_stride;
+            let oy0 = p0 / wide;
+            let band_rows = (p1 - 1) / wide + 1 - oy0 + halo;
+            if padded.is_none() {
+                // One depth block's planes; never shrunk (stale values between planes and in
+                // the slack only reach junk columns).
+                let len = block_channels * channel_len + nr + wide;
+                if band.len() < len {
+                    band.resize(len, 0.0);
                 }
-            };
-            let max_depth = if s == 2 { DIRECT_DEPTH_BLOCK / 2 } else { DIRECT_DEPTH_BLOCK };
-            let block_depth = depth.div_ceil(depth.div_ceil(max_depth));
-            // Partial sums of a group of micro-panels, a row per output channel.
-            let sum_stride = MAX_PANELS_PER_TASK * MAX_PANEL_WIDTH;
+            }
+            // Partial sums of the task's micro-panels, a row per output channel.
+            let sum_stride = cols.div_ceil(nr) * nr;
             let sums = aligned(&mut sums, if block_depth < depth { rows * sum_stride } else { 0 });
-            // In groups of MAX_PANELS_PER_TASK micro-panels, depth block by depth block: each
-            // depth block's weights (up to 300 KiB) serve the whole group from L2, while the
-            // partial sums stay a group's however large the band. One micro-panel at a time,
-            // the weights of deep layers (2.4 MB for 256 -> 256) streamed from L3 for each.
-            for g0 in (0..cols).step_by(MAX_PANELS_PER_TASK * nr) {
-                let group_end = (g0 + MAX_PANELS_PER_TASK * nr).min(cols);
-                for k0 in (0..depth).step_by(block_depth) {
-                    let kc = block_depth.min(depth - k0);
-                    for c0 in (g0..group_end).step_by(nr) {
-                        let b = &band[c0..];
-                        let pass = PanelPass::new(shared, &mut task, b, &offsets[k0..k0 + kc], k0, c0, cols, depth);
-                        pass.dispatch::<S, ROWS, NV>(simd, sums, (sum_stride, c0 - g0));
+            // Depth block by depth block, each for all the task's micro-panels: the block's
+            // weights (up to 300 KiB) serve them all from L2. Padded whole before the loop,
+            // a deep layer's band fitted L2 only for one micro-panel, whose task then streamed
+            // all the weights from L3 (2.4 MB for 256 -> 256): stride-2 layers ran at 0.75x the
+            // speed of a 1x1 layer with the same matrix product.
+            for k0 in (0..depth).step_by(block_depth) {
+                let kc = block_depth.min(depth - k0);
+                let first = k0 / taps;
+                // Every block's channels start at the same offsets (the first block's).
+                let (band, base) = match padded {
+                    Some(all) => {
+                        let image = (task.image * geo.g + task.group) * c1g;
+                        (all, (image + first) * channel_len + p0)
                     }
+                    None => {
+                        // Padded here, just before they are read: they stay in this core's
+                        // cache (a separate pass over the whole input left them in L3 or in
+                        // the other core's cache).
+                        let channels = task.group * c1g + first..task.group * c1g + first + kc / taps;
+                        let at = (oy0, band_rows, wide);
+                        pad_channels(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band);
+                        (&band[..], p0 - oy0 * wide)
+                    }
+                };
+                for c0 in (0..cols).step_by(nr) {
+                    let b = &band[base + c0..];
+                    let pass = PanelPass::new(shared, &mut task, b, &offsets[..kc], k0, c0, cols, depth);
+                    pass.dispatch::<S, ROWS, NV>(simd, sums, (sum_stride, c0));
                 }
             }
         }
@@ -859,6 +885,14 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
     }
     Scratch { band, block, offsets, sums }.put();
     task.rows.iter().all(Filler::is_full)
+}
+
+/// Input channels per depth block of a [`Source::Band`] convolution with `taps` taps per
+/// channel and stride `s`, as even as whole channels allow.
+fn block_channels(c1g: usize, taps: usize, s: usize) -> usize {
+    let max_depth = if s == 2 { DIRECT_DEPTH_BLOCK / 2 } else { DIRECT_DEPTH_BLOCK };
+    let most = (max_depth / taps).max(1);
+    c1g.div_ceil(c1g.div_ceil(most))
 }
 
 /// One depth block of one micro-panel: every channel panel of the task times the `col` slice
