@@ -92,7 +92,11 @@ impl VideoWriter {
         // edit list and every frame keeps exactly its source timestamp.
         encoder.set_max_b_frames(0);
         let mut opts = ff::Dictionary::new();
-        opts.set("preset", "veryfast");
+        // superfast rather than veryfast: on a CPU-only machine the encoder shares the cores
+        // with the detector. On the demo clip (640x360, one thread) it took 3.0 ms of CPU a
+        // frame instead of 5.1, for a file a third larger at the same quality factor (SSIM
+        // 0.985 against 0.983).
+        opts.set("preset", "superfast");
         opts.set("crf", "23");
         let encoder = encoder.open_as_with(codec, opts).map_err(|e| ff_err(path, format!("H.264 encoder: {e}")))?;
         let stream_index = {
