@@ -299,7 +299,11 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
         }
         let alone_fps = frames.len() as f64 / t.elapsed().as_secs_f64();
 
-        *preloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(load(name)?);
+        // Loaded and warmed up like `det` above (its first pass transforms weights and sizes
+        // buffers), so that both runs time the same steady state.
+        let mut ready = load(name)?;
+        ready.detect(&frames[0])?;
+        *preloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(ready);
         let mut config = PipelineConfig::new(vec![name.to_string()], Arc::clone(&loader));
         config.max_frames = Some(frames.len() as u64);
         config.output =
