@@ -378,11 +378,12 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize, const M: usize>(
                     let mut rows = Aligned([[0f32; 4 * MAX_LANES]; 4]);
                     let rows = &mut rows.0;
                     for (dst, y) in rows.iter_mut().zip(&tile).take(M) {
-                        let mut c0 = Aligned([0f32; MAX_LANES]);
-                        let mut c1 = Aligned([0f32; MAX_LANES]);
-                        let mut c2 = Aligned([0f32; MAX_LANES]);
-                        let mut c3 = Aligned([0f32; MAX_LANES]);
-                        let cols = [&mut c0.0[..lanes], &mut c1.0[..lanes], &mut c2.0[..lanes], &mut c3.0[..lanes]];
+                        let mut col0 = Aligned([0f32; MAX_LANES]);
+                        let mut col1 = Aligned([0f32; MAX_LANES]);
+                        let mut col2 = Aligned([0f32; MAX_LANES]);
+                        let mut col3 = Aligned([0f32; MAX_LANES]);
+                        let cols =
+                            [&mut col0.0[..lanes], &mut col1.0[..lanes], &mut col2.0[..lanes], &mut col3.0[..lanes]];
                         for (col, y) in cols.into_iter().zip(y).take(M) {
                             S::as_mut_simd_f32s(col).0[0] = *y;
                             if !in_registers {
@@ -391,13 +392,13 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize, const M: usize>(
                         }
                         let dst = &mut dst[..M * lanes];
                         if M == 2 {
-                            for (px, (a, b)) in dst.chunks_exact_mut(2).zip(c0.0.iter().zip(&c1.0)) {
+                            for (px, (a, b)) in dst.chunks_exact_mut(2).zip(col0.0.iter().zip(&col1.0)) {
                                 px[0] = *a;
                                 px[1] = *b;
                             }
                         } else {
                             for (px, (((a, b), c), d)) in
-                                dst.chunks_exact_mut(4).zip(c0.0.iter().zip(&c1.0).zip(&c2.0).zip(&c3.0))
+                                dst.chunks_exact_mut(4).zip(col0.0.iter().zip(&col1.0).zip(&col2.0).zip(&col3.0))
                             {
                                 px[0] = *a;
                                 px[1] = *b;
