@@ -574,7 +574,8 @@ pub(crate) fn spaced_plane(len: usize) -> usize {
 /// Copies the zero-padded input rows that one band of output rows reads into `dst`: for each
 /// input channel in `channels` of `image`, its `s * s` phase planes (see [`Source::Band`]),
 /// `plane_stride` apart, each holding phase rows `oy0 .. oy0 + rows` (`wide` values each).
-/// `slack` more values follow the last plane (the kernel reads whole micro-panels).
+/// `slack` more values follow the last plane (the kernel reads whole micro-panels). The phase
+/// step `s` is 1 or 2 (a convolution's stride) or 4 (Winograd's 4x4 output tiles).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn pad_band(
@@ -596,7 +597,7 @@ pub(crate) fn pad_band(
     pad_channels(input, image, channels, (p, s), (oy0, rows, wide), plane_stride, dst);
 }
 
-/// [`pad_band`] into `dst`, which holds at least the planes of `channels`.
+/// [`pad_band`] into `dst`, which holds at least the planes of `channels`; `s` is 1, 2 or 4.
 #[inline(always)]
 fn pad_channels(
     input: &Input<'_>,
@@ -607,6 +608,7 @@ fn pad_channels(
     plane_stride: usize,
     dst: &mut [f32],
 ) {
+    debug_assert!(matches!(s, 1 | 2 | 4), "phase step {s}");
     let (h, w) = (input.h, input.w);
     // Stride 4 (Winograd F(4x4, 3x3)): a padded input row and its even and odd columns.
     let (mut padded_row, mut halves) = (Vec::new(), if s == 4 { vec![0f32; 4 * wide] } else { Vec::new() });
