@@ -824,14 +824,6 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
             let channel_len = s * s * plane_stride;
             let oy0 = p0 / wide;
             let band_rows = (p1 - 1) / wide + 1 - oy0 + halo;
-            if padded.is_none() {
-                // One depth block's planes; never shrunk (stale values between planes and in
-                // the slack only reach junk columns).
-                let len = block_channels * channel_len + nr + wide;
-                if band.len() < len {
-                    band.resize(len, 0.0);
-                }
-            }
             // Partial sums of the task's micro-panels, a row per output channel.
             let sum_stride = cols.div_ceil(nr) * nr;
             let sums = aligned(&mut sums, if block_depth < depth { rows * sum_stride } else { 0 });
@@ -850,12 +842,21 @@ fn run_task<S: Simd, const ROWS: usize, const NV: usize>(simd: S, shared: &Share
                         (all, (image + first) * channel_len + p0)
                     }
                     None => {
-                        // Padded here, just before they are read: they stay in this core's
-                        // cache (a separate pass over the whole input left them in L3 or in
-                        // the other core's cache).
+                        // Padded here, just before they are read, into one block's planes:
+                        // they stay in this core's cache (a separate pass over the whole input
+                        // left them in L3 or in the other core's cache).
                         let channels = task.group * c1g + first..task.group * c1g + first + kc / taps;
                         let at = (oy0, band_rows, wide);
-                        pad_channels(&shared.input, task.image, channels, (geo.p, s), at, plane_stride, &mut band);
+                        pad_band(
+                            &shared.input,
+                            task.image,
+                            channels,
+                            (geo.p, s),
+                            at,
+                            plane_stride,
+                            &mut band,
+                            nr + wide,
+                        );
                         (&band[..], p0 - oy0 * wide)
                     }
                 };

@@ -75,13 +75,12 @@ const F4_MIN_SIDE: usize = 32;
 impl WinogradWeights {
     /// `weights` is the row-major `[c2, c1, 3, 3]` array of a convolution without groups.
     pub fn new(weights: &[f32], c1: usize, c2: usize) -> Self {
-        let this = Self { c1, c2, kernels: weights.to_vec(), f2: OnceLock::new(), f4: OnceLock::new() };
         if c1 > F4_MAX_INPUT_CHANNELS {
-            // Only F(2x2, 3x3) is ever used: transformed now, and the kernels let go.
-            let f2 = TileWeights::new(weights, c1, c2, 2);
-            return Self { kernels: Vec::new(), f2: OnceLock::from(f2), ..this };
+            // Only F(2x2, 3x3) is ever used: transformed now, and the kernels not kept.
+            let f2 = OnceLock::from(TileWeights::new(weights, c1, c2, 2));
+            return Self { c1, c2, kernels: Vec::new(), f2, f4: OnceLock::new() };
         }
-        this
+        Self { c1, c2, kernels: weights.to_vec(), f2: OnceLock::new(), f4: OnceLock::new() }
     }
 
     /// The tile size for an `h x w` map: F(4x4, 3x3), with 1.78x fewer multiply-adds than
