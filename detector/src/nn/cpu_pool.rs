@@ -11,7 +11,6 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::cpu_conv::contiguous_f32;
 use super::cpu_gemm::{Isa, OutputPart, deinterleave, filled_vec};
-use super::fork_join;
 
 /// `avg_pool2d(x, 2, 1, 0)`.
 pub(crate) fn avg_pool_2x2_s1(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -54,12 +53,13 @@ pub(crate) fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<
     for ((storage, layout), ..) in &sources {
         data.push(contiguous_f32(storage, layout)?);
     }
-    let mut out = vec![0f32; b * c * h * w];
-    fork_join::for_each_chunk_mut(&mut out, h * w, |plane, out| {
-        for (i, (src, (_, th, tw, rows, cols))) in data.iter().zip(&sources).enumerate() {
-            let src = &src[plane * th * tw..][..th * tw];
-            for (o, &y) in out.chunks_exact_mut(w).zip(rows) {
-                let row = &src[y * tw..][..*tw];
+    // Each output row is summed in `o` (in L1), terms in order, then written: the output is
+    // never zeroed (see `filled_vec`).
+    let out = filled_vec(b * c * h * w, h * w, |plane, mut out| {
+        let mut o = vec![0f32; w];
+        for oy in 0..h {
+            for (i, (src, (_, th, tw, rows, cols))) in data.iter().zip(&sources).enumerate() {
+                let row = &src[plane * th * tw..][..th * tw][rows[oy] * tw..][..*tw];
                 if i == 0 {
                     o.iter_mut().zip(cols).for_each(|(o, &x)| *o = row[x]);
                 } else if *tw == w {
@@ -68,8 +68,12 @@ pub(crate) fn cb_fuse(splits: &[&Tensor], last: &Tensor) -> candle_core::Result<
                     o.iter_mut().zip(cols).for_each(|(o, &x)| *o += row[x]);
                 }
             }
+            out.push(&o);
         }
     });
+    let Some(out) = out else {
+        candle_core::bail!("CBFuse: internal error: the output was not completely written");
+    };
     Tensor::from_vec(out, (b, c, h, w), last.device())
 }
 
