@@ -8,6 +8,8 @@
 //! input, multiplies and applies bias, activation and the bottleneck shortcut in one pass
 //! (see there). 3x3 stride-1 convolutions (most of these models' work) go through
 //! [`cpu_winograd`] instead, with 2.25x fewer multiply-adds, on the same register kernel.
+//! Other convolutions onto small maps (the deep stride-2 layers) go through [`cpu_lanes`],
+//! whose tiles put output channels rather than pixels on the vector lanes.
 //!
 //! Results equal Candle's `conv2d` up to float rounding (summation order, and for Winograd
 //! the transforms). GPU tensors and other dtypes never come here (the caller keeps Candle's
@@ -15,11 +17,15 @@
 //!
 //! [`cpu_gemm`]: super::cpu_gemm
 //! [`cpu_winograd`]: super::cpu_winograd
+//! [`cpu_lanes`]: super::cpu_lanes
+
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor};
 use pulp::Simd;
 
 use super::cpu_gemm::{self, Input, Isa, PackedWeights, Part};
+use super::cpu_lanes::{self, LaneWeights};
 use super::cpu_winograd::{self, WinogradWeights};
 use crate::spec::Activation;
 
@@ -51,11 +57,21 @@ pub(crate) struct CpuConv {
     act: Option<Activation>,
 }
 
+/// Whether a convolution may take [`cpu_lanes`] where it suits (tests also run the direct path
+/// on those maps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Auto,
+    #[cfg(test)]
+    NoLanes,
+}
+
 /// The weights, packed for the path the convolution takes.
 #[derive(Debug, Clone)]
 enum Packed {
-    /// [`cpu_gemm`]'s direct convolution.
-    Direct(PackedWeights),
+    /// [`cpu_gemm`]'s direct convolution, and for small maps [`cpu_lanes`] (its weights
+    /// repacked the first time a map needs them).
+    Direct(PackedWeights, OnceLock<LaneWeights>),
     /// [`cpu_winograd`]: 3x3, stride 1, padding 1, no groups or dilation. On these models'
     /// layers (10x10 to 160x160) it took 0.6-0.8x the direct path's time at 48 to 256
     /// channels and about 0.9x at 32.
@@ -75,7 +91,7 @@ impl CpuConv {
         let weights = if (k, s, p, d, g) == (3, 1, 1, 1, 1) {
             Packed::Winograd(WinogradWeights::new(&matrix, c1, c2))
         } else {
-            Packed::Direct(PackedWeights::new(&matrix, g, c2 / g, depth))
+            Packed::Direct(PackedWeights::new(&matrix, g, c2 / g, depth), OnceLock::new())
         };
         let bias = bias.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if bias.len() != geo.c2 {
@@ -93,10 +109,10 @@ impl CpuConv {
     /// shortcut of a bottleneck is added in the same pass as the activation. `x` is given as
     /// channel parts (what `cat` along channels would join), read in place.
     pub fn forward(&self, x: &[&Tensor], residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        self.run(Isa::Native, x, residual)
+        self.run(Isa::Native, Route::Auto, x, residual)
     }
 
-    fn run(&self, isa: Isa, x: &[&Tensor], residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    fn run(&self, isa: Isa, route: Route, x: &[&Tensor], residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let Some(first) = x.first() else {
             candle_core::bail!("conv: no input");
         };
@@ -153,7 +169,11 @@ impl CpuConv {
         let mut out = Vec::with_capacity(n);
         let spare = &mut out.spare_capacity_mut()[..n];
         let filled = match &self.weights {
-            Packed::Direct(w) => cpu_gemm::conv(isa, input, b, self.geo, w, &self.bias, self.act, residual, spare),
+            Packed::Direct(w, lanes) if route == Route::Auto && cpu_lanes::suits(self.geo, ho, wo) => {
+                let lanes = lanes.get_or_init(|| LaneWeights::new(w));
+                cpu_lanes::conv(isa, input, b, self.geo, lanes, &self.bias, self.act, residual, spare)
+            }
+            Packed::Direct(w, _) => cpu_gemm::conv(isa, input, b, self.geo, w, &self.bias, self.act, residual, spare),
             Packed::Winograd(w) => cpu_winograd::conv(isa, input, b, w, &self.bias, self.act, residual, spare),
         };
         if !filled {
@@ -225,20 +245,30 @@ pub(crate) fn bias_act_vec<S: Simd, const NV: usize>(
     b: f32,
     act: Option<Activation>,
 ) -> bool {
-    if matches!(act, Some(Activation::LeakyRelu(_) | Activation::Hardswish)) {
+    if !has_act_vec(act) {
         return false;
     }
     let b = simd.splat_f32s(b);
     for v in acc {
-        let y = simd.add_f32s(*v, b);
-        *v = match act {
-            Some(Activation::Silu) => silu_vec(simd, y),
-            Some(Activation::Relu) => simd.max_f32s(y, simd.splat_f32s(0.0)),
-            // The others returned above.
-            _ => y,
-        };
+        *v = act_vec(simd, simd.add_f32s(*v, b), act);
     }
     true
+}
+
+/// Whether [`act_vec`] computes `act`.
+#[inline(always)]
+pub(crate) fn has_act_vec(act: Option<Activation>) -> bool {
+    !matches!(act, Some(Activation::LeakyRelu(_) | Activation::Hardswish))
+}
+
+/// `act(y)` on a SIMD vector, for the activations of [`has_act_vec`] (others give `y`).
+#[inline(always)]
+pub(crate) fn act_vec<S: Simd>(simd: S, y: S::f32s, act: Option<Activation>) -> S::f32s {
+    match act {
+        Some(Activation::Silu) => silu_vec(simd, y),
+        Some(Activation::Relu) => simd.max_f32s(y, simd.splat_f32s(0.0)),
+        _ => y,
+    }
 }
 
 /// `x * sigmoid(x)` with [`exp`] below: branch-free, so loops over it vectorise.
@@ -433,7 +463,6 @@ mod tests {
                 (Some(Activation::Silu), Isa::Scalar),
             ] {
                 let conv = CpuConv::new(&wt, &b, geo, act).unwrap();
-                let ours = conv.run(isa, &[&x], None).unwrap();
                 let want =
                     x.conv2d(&wt, p, s, 1, g).unwrap().broadcast_add(&b.reshape((1, c2, 1, 1)).unwrap()).unwrap();
                 let want = match act {
@@ -441,12 +470,19 @@ mod tests {
                     Some(Activation::LeakyRelu(_)) => candle_nn::Activation::LeakyRelu(0.1).forward(&want).unwrap(),
                     _ => want,
                 };
-                let diff = (ours - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-                let diff = diff.to_scalar::<f32>().unwrap();
-                // Deep sums (2304 terms) reach |y| ~ 50; their rounding grows with them.
-                let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-                let tol = 1e-4 * (scale / 10.0).max(1.0);
-                assert!(diff < tol, "{c1}->{c2} k{k} s{s} g{g} {act:?} {isa:?}: max diff {diff} (tolerance {tol})");
+                // Small maps take `cpu_lanes`; the direct path is checked on them too.
+                for route in [Route::Auto, Route::NoLanes] {
+                    let ours = conv.run(isa, route, &[&x], None).unwrap();
+                    let diff = (ours - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                    let diff = diff.to_scalar::<f32>().unwrap();
+                    // Deep sums (2304 terms) reach |y| ~ 50; their rounding grows with them.
+                    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                    let tol = 1e-4 * (scale / 10.0).max(1.0);
+                    assert!(
+                        diff < tol,
+                        "{c1}->{c2} k{k} s{s} g{g} {act:?} {isa:?} {route:?}: max diff {diff} (tolerance {tol})"
+                    );
+                }
             }
         }
     }
@@ -524,7 +560,7 @@ mod tests {
                     _ => conv2d.clone(),
                 };
                 for residual in [None, Some(&residual)] {
-                    let ours = conv.run(isa, &[&x], residual).unwrap();
+                    let ours = conv.run(isa, Route::Auto, &[&x], residual).unwrap();
                     let want = match residual {
                         Some(r) => (&want + r).unwrap(),
                         None => want.clone(),
@@ -566,6 +602,55 @@ mod tests {
             let err = CpuConv::new(&wt, &b, geo, None).unwrap().forward(&[&x], None).unwrap_err();
             assert!(err.to_string().contains("smaller than the 3x3 kernel"), "{err}");
         }
+    }
+
+    /// Small maps take [`cpu_lanes`]: every tile width (output rows of 1 to 29 pixels cut into
+    /// tiles of up to 14, or 6 with 16 registers), a partial last panel of output channels,
+    /// several depth blocks with a partial last one, stride 1 and 2, 5x5 and dilated kernels,
+    /// a batch of two, the shortcut, vector and scalar activations, on every SIMD flavour.
+    #[test]
+    fn small_maps_take_the_lanes_path() {
+        let dev = Device::Cpu;
+        let mut shapes: Vec<_> = (1..=29).map(|w| (3, 40, 5, 1, 1, 2, w)).collect();
+        shapes.extend([(70, 33, 3, 2, 1, 9, 20), (16, 96, 3, 2, 2, 19, 19), (24, 8, 3, 1, 2, 10, 12)]);
+        for (c1, c2, k, s, d, h, w) in shapes {
+            let p = k / 2 * d;
+            let x = Tensor::randn(0f32, 1., (2, c1, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.3, (c2, c1, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., c2, &dev).unwrap();
+            let conv2d = x.conv2d(&wt, p, s, d, 1).unwrap().broadcast_add(&b.reshape((1, c2, 1, 1)).unwrap()).unwrap();
+            let res = Tensor::randn(0f32, 1., conv2d.shape(), &dev).unwrap();
+            let geo = Geometry { c1, c2, k, s, p, d, g: 1 };
+            for (act, isa, residual) in [
+                (Some(Activation::Silu), Isa::Native, None),
+                (Some(Activation::Silu), Isa::Native, Some(&res)),
+                (Some(Activation::Hardswish), Isa::Native, Some(&res)),
+                (Some(Activation::Silu), Isa::Avx2, Some(&res)),
+                (None, Isa::Scalar, None),
+            ] {
+                let conv = CpuConv::new(&wt, &b, geo, act).unwrap();
+                let want = match act {
+                    Some(Activation::Silu) => candle_nn::Activation::Silu.forward(&conv2d).unwrap(),
+                    Some(Activation::Hardswish) => candle_nn::Activation::HardSwish.forward(&conv2d).unwrap(),
+                    _ => conv2d.clone(),
+                };
+                let want = residual.map_or(want.clone(), |r| (&want + r).unwrap());
+                let ours = conv.run(isa, Route::Auto, &[&x], residual).unwrap();
+                assert!(matches!(&conv.weights, Packed::Direct(_, lanes) if lanes.get().is_some()));
+                let diff = (ours - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let tol = 1e-4 * (scale / 10.0).max(1.0);
+                let what = format!("{c1}->{c2} k{k} s{s} d{d} {h}x{w} {act:?} {isa:?}");
+                assert!(diff < tol, "{what}: max diff {diff} (tolerance {tol})");
+            }
+        }
+        // Larger maps keep the direct path.
+        let x = Tensor::randn(0f32, 1., (1, 4, 42, 42), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.3, (8, 4, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 8, &dev).unwrap();
+        let conv = CpuConv::new(&wt, &b, Geometry { c1: 4, c2: 8, k: 3, s: 2, p: 1, d: 1, g: 1 }, None).unwrap();
+        conv.forward(&[&x], None).unwrap();
+        assert!(matches!(&conv.weights, Packed::Direct(_, lanes) if lanes.get().is_none()));
     }
 
     /// Dilated kernels: the band copy reads `(k - 1) d / s` halo rows below each band.

@@ -97,6 +97,16 @@ impl PackedWeights {
         self.rows.div_ceil(PANEL_ROWS)
     }
 
+    /// Output channels per group.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Depth rows (input channels per group x taps).
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
+
     /// Depth range `depth` of panel `panel` of group `gi`.
     pub(crate) fn panel(&self, gi: usize, panel: usize, depth: std::ops::Range<usize>) -> &[[f32; PANEL_ROWS]] {
         let start = (gi * self.panels() + panel) * self.depth * PANEL_ROWS;
@@ -322,16 +332,16 @@ pub(crate) fn conv(
 }
 
 thread_local! {
-    /// The shared padded input of a [`Source::Band`] convolution on a small map, per calling
-    /// thread (grown, never shrunk).
-    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The shared padded input of a [`Source::Band`] convolution on a small map, or of a
+    /// [`cpu_lanes`](super::cpu_lanes) convolution, per calling thread (grown, never shrunk).
+    pub(crate) static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Every image's whole padded input into `dst` (see [`Source::Band`]): `rows` phase rows of
 /// `wide` values per phase plane, in one parallel pass over channel chunks. Whether all of it
 /// was written (a chunk that panicked on a helper thread was not).
 #[allow(clippy::too_many_arguments)]
-fn pad_all(
+pub(crate) fn pad_all(
     isa: Isa,
     input: &Input<'_>,
     batch: usize,

@@ -6,6 +6,7 @@ pub mod conv;
 mod cpu_conv;
 mod cpu_decode;
 mod cpu_gemm;
+mod cpu_lanes;
 mod cpu_pool;
 pub(crate) use cpu_pool::cat_channels;
 mod cpu_winograd;
