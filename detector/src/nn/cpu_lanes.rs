@@ -11,14 +11,14 @@
 //! depth row it loads `NV` vectors of weights and broadcasts `P` input values. Broadcasts need
 //! no contiguous pixels, so the input is padded into plain planes (no split by stride phase),
 //! once per convolution by [`cpu_gemm::pad_all`], and all tasks read it. Output rows are cut
-//! into tiles of up to 14 pixels on AVX-512 (6 with 16 registers), so a 10x10 map is ten tiles
+//! into tiles of up to 10 pixels on AVX-512 (6 with 16 registers), so a 10x10 map is ten tiles
 //! and no junk. A task is one image's panel of [`LANE_PANEL`] output channels over a block of
 //! output rows, depth block by depth block (the block's weights stay in L1 for all its tiles);
 //! after the last, bias and activation are applied in registers and the tiles are transposed
 //! onto the NCHW output rows.
 //!
-//! On larger maps (40x40 and up) this path ran at half the direct path's speed: a task's tiles
-//! then read more input than L1 holds, so [`suits`] keeps it to maps of up to 400 pixels.
+//! [`suits`] keeps it to maps of up to 40x40: there it was as fast as the direct path or up to
+//! 10 % faster, at 80x80 1.3x slower (its tiles then stream their input from L2).
 //!
 //! [`cpu_gemm`]: super::cpu_gemm
 //! [`cpu_gemm::pad_all`]: super::cpu_gemm::pad_all
@@ -36,8 +36,11 @@ use crate::spec::Activation;
 
 /// Output channels per weight panel: two AVX-512 vectors (AVX2 and NEON tiles take a part).
 pub(crate) const LANE_PANEL: usize = 32;
-/// Most pixels per tile.
-const MAX_TILE_PIXELS: usize = 14;
+/// Most pixels per tile with 32 vector registers: 2 x 10 accumulators, 2 weight vectors and a
+/// broadcast value. At 12 the compiler spilled the tile to the stack and it ran at half speed.
+const MAX_TILE_PIXELS: usize = 10;
+/// The same with 16 registers (AVX2).
+const MAX_TILE_PIXELS_16: usize = 6;
 /// Most depth rows per block: its weights (18 KiB) stay in L1.
 const DEPTH_BLOCK: usize = 144;
 
@@ -84,10 +87,9 @@ impl LaneWeights {
 }
 
 /// Whether a convolution with this geometry onto a `ho x wo` map takes this path: ungrouped,
-/// kernels over 1x1 with stride 1 or 2 (read from phase planes), and maps of at most
-/// `MAX_PIXELS`.
+/// kernels over 1x1 with stride 1 or 2, and maps of at most `MAX_PIXELS`.
 pub(crate) fn suits(geo: Geometry, ho: usize, wo: usize) -> bool {
-    const MAX_PIXELS: usize = 400;
+    const MAX_PIXELS: usize = 1600;
     geo.g == 1 && geo.k > 1 && geo.s <= 2 && ho * wo <= MAX_PIXELS
 }
 
@@ -207,8 +209,7 @@ impl pulp::WithSimd for RunTask<'_, '_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> bool {
-        // Tiles of P x 2 accumulators, 2 weight vectors and a broadcast input value.
-        let max_pixels = if S::REGISTER_COUNT >= 32 { MAX_TILE_PIXELS } else { 6 };
+        let max_pixels = if S::REGISTER_COUNT >= 32 { MAX_TILE_PIXELS } else { MAX_TILE_PIXELS_16 };
         run_task::<S, 2>(simd, self.shared, self.task, max_pixels)
     }
 }
@@ -319,7 +320,7 @@ impl<S: Simd, const NV: usize> Tile<S, NV> {
                 }
             };
         }
-        widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14);
+        widths!(1 2 3 4 5 6 7 8 9 10);
         true
     }
 
