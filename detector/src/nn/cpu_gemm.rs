@@ -1025,7 +1025,8 @@ fn finish<S: Simd, const NV: usize>(
 ) {
     let (wide, wo) = (shared.wide, shared.wo);
     let mut acc = *acc;
-    let in_registers = bias_act_vec(simd, &mut acc, shared.bias[channel], shared.act);
+    let (bias, act) = (shared.bias[channel], shared.act);
+    let in_registers = bias_act_vec(simd, &mut acc, bias, act);
     let at_channel = (image * shared.geo.c2 + channel) * shared.ho * shared.wo;
     let mut tmp = Aligned([0f32; MAX_PANEL_WIDTH]);
     let tmp = &mut tmp.0;
@@ -1033,7 +1034,7 @@ fn finish<S: Simd, const NV: usize>(
     if wide == wo || q % wide + width <= wo {
         // The tile row is one run of real pixels.
         let run = &mut tmp[..width];
-        epilogue(shared, run, at_channel + shared.out_index(q), channel, in_registers);
+        epilogue(run, (bias, act), in_registers, shared.residual, at_channel + shared.out_index(q));
         out.push(run);
         return;
     }
@@ -1043,22 +1044,29 @@ fn finish<S: Simd, const NV: usize>(
         let seg = (wide - ox).min(q + width - j);
         if ox < wo {
             let run = &mut tmp[j - q..][..seg.min(wo - ox)];
-            epilogue(shared, run, at_channel + shared.out_index(j), channel, in_registers);
+            epilogue(run, (bias, act), in_registers, shared.residual, at_channel + shared.out_index(j));
             out.push(run);
         }
         j += seg;
     }
 }
 
-/// Bias and activation unless already `in_registers`, then the shortcut, on a run of finished
-/// output values `dst` (flat output index `at` onwards) before they are written. A function
-/// rather than a closure so that it is compiled with the dispatched SIMD features.
+/// Bias `b` and activation `act` unless already `in_registers`, then the shortcut (`residual`'s
+/// values from flat output index `at` on), on a run of finished output values `dst` before
+/// they are written. A function rather than a closure so that it is compiled with the
+/// dispatched SIMD features; [`cpu_lanes`](super::cpu_lanes) ends its runs with it too.
 #[inline(always)]
-fn epilogue(shared: &Shared<'_>, dst: &mut [f32], at: usize, channel: usize, in_registers: bool) {
+pub(crate) fn epilogue(
+    dst: &mut [f32],
+    (b, act): (f32, Option<Activation>),
+    in_registers: bool,
+    residual: Option<&[f32]>,
+    at: usize,
+) {
     if !in_registers {
-        bias_act(dst, shared.bias[channel], shared.act);
+        bias_act(dst, b, act);
     }
-    if let Some(res) = shared.residual {
+    if let Some(res) = residual {
         let n = dst.len();
         dst.iter_mut().zip(&res[at..at + n]).for_each(|(v, r)| *v += r);
     }

@@ -27,9 +27,10 @@ use std::mem::MaybeUninit;
 
 use pulp::Simd;
 
-use super::cpu_conv::{Geometry, act_vec, bias_act, has_act_vec};
+use super::cpu_conv::{Geometry, act_vec, has_act_vec};
 use super::cpu_gemm::{
-    Aligned, Filler, Input, Isa, PADDED, PANEL_ROWS, PackedWeights, Scratch, aligned, fill, pad_all, spaced_plane,
+    Aligned, Filler, Input, Isa, PADDED, PANEL_ROWS, PackedWeights, Scratch, aligned, epilogue, fill, pad_all,
+    spaced_plane,
 };
 use super::fork_join;
 use crate::spec::Activation;
@@ -269,13 +270,10 @@ fn run_task<S: Simd, const NV: usize>(simd: S, shared: &Shared<'_>, task: Task<'
                         for (r, v) in run.iter_mut().enumerate() {
                             *v = sums[r * nr + j];
                         }
-                        if !vector_act {
-                            bias_act(run, 0.0, shared.act);
-                        }
-                        if let Some(res) = shared.residual {
-                            let at = ((image * shared.c2 + channel0 + j) * shared.ho + oy) * wo + x0;
-                            run.iter_mut().zip(&res[at..at + p]).for_each(|(v, r)| *v += r);
-                        }
+                        // The bias is already added (in registers, with the activation when
+                        // it has a vector form).
+                        let at = ((image * shared.c2 + channel0 + j) * shared.ho + oy) * wo + x0;
+                        epilogue(run, (0.0, shared.act), vector_act, shared.residual, at);
                         out.push(run);
                     }
                 }
