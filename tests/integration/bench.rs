@@ -55,17 +55,18 @@ fn bench_random_weights_needs_no_download() {
 }
 
 /// `--pipeline` alternates the detector alone and the whole pipeline (decode, detect, annotate,
-/// encode) for `--rounds` rounds and reports each round and the median overhead.
+/// encode) for `--rounds` rounds and reports each round and the median overhead, end to end and
+/// in steady state (after the first 5 frames).
 #[test]
 fn bench_pipeline_alternates_rounds_and_reports_the_median() {
     let model = fixture("yolov9/tiny/tiny-gelan-s.pt");
     let clip = crate::root().join("assets/demo.mp4");
     let args = ["bench", "--model", model.to_str().unwrap(), "--imgsz", "64", "--device", "cpu"];
-    let extra = ["--pipeline", clip.to_str().unwrap(), "--frames", "6", "--rounds", "3", "--json"];
+    let extra = ["--pipeline", clip.to_str().unwrap(), "--frames", "8", "--rounds", "3", "--json"];
     let o = spotter(&[&args[..], &extra[..]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let r: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(r["frames"], 6);
+    assert_eq!(r["frames"], 8);
     let rounds = r["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 3, "{r}");
     let mut overheads: Vec<f64> = rounds.iter().map(|x| x["overhead_pct"].as_f64().unwrap()).collect();
@@ -74,6 +75,11 @@ fn bench_pipeline_alternates_rounds_and_reports_the_median() {
     }
     overheads.sort_by(f64::total_cmp);
     assert_eq!(r["overhead_pct"].as_f64().unwrap(), overheads[1]);
+    // Steady state: the 2 intervals between the outputs of frames 6, 7 and 8.
+    let mut steady: Vec<f64> = rounds.iter().map(|x| x["steady_overhead_pct"].as_f64().unwrap()).collect();
+    steady.sort_by(f64::total_cmp);
+    assert_eq!(r["steady_overhead_pct"].as_f64().unwrap(), steady[1]);
+    assert!(rounds.iter().all(|x| x["steady_fps"].as_f64().unwrap() > 0.0), "{r}");
     let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert!(stages.contains(&"inference") && stages.contains(&"output"), "{stages:?}");
 
@@ -81,4 +87,5 @@ fn bench_pipeline_alternates_rounds_and_reports_the_median() {
     let o = spotter(&[&args[..], &extra[..4], &["--rounds", "2"][..]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("median of 2 alternating rounds"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("steady state (after the first 5 frames"), "{}", stdout(&o));
 }
