@@ -279,10 +279,9 @@ impl Recorder {
                         .collect();
                     annotator.draw(&mut canvas, img.width, img.height, &a);
                 }
-                let frame =
-                    spotter_detector::RgbFrame::new(img.width, img.height, canvas).map_err(|e| e.to_string())?;
                 let start = *t0.get_or_insert(f.frame.pts_secs);
-                w.write(&frame, f.frame.pts_secs - start, f.frame.duration_secs).map_err(|e| e.to_string())?;
+                w.write_rgb(&canvas, img.width, img.height, f.frame.pts_secs - start, f.frame.duration_secs)
+                    .map_err(|e| e.to_string())?;
                 n += 1;
             }
             if let Some(w) = writer.as_mut() {

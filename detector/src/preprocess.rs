@@ -82,6 +82,14 @@ impl RgbFrame {
         Ok(frame)
     }
 
+    /// Copies packed RGB rows into a new frame (one copy; `new` moves a `Vec` into the shared
+    /// buffer, which copies it once more).
+    pub fn from_slice(width: u32, height: u32, data: &[u8]) -> Result<Self, PreprocessError> {
+        let frame = Self { width, height, data: Arc::from(data) };
+        frame.validate()?;
+        Ok(frame)
+    }
+
     /// Checks the invariants `new` establishes (the fields are public).
     pub fn validate(&self) -> Result<(), PreprocessError> {
         let expected = rgb_len(self.width, self.height)?;
@@ -608,6 +616,12 @@ mod tests {
             Err(PreprocessError::DataLength { expected: 12, actual: 11, .. })
         ));
         assert!(matches!(RgbFrame::new(0, 2, vec![]), Err(PreprocessError::EmptyFrame { .. })));
+        let rows: Vec<u8> = (0..12).collect();
+        assert_eq!(RgbFrame::from_slice(2, 2, &rows).expect("frame").data[..], rows[..]);
+        assert!(matches!(
+            RgbFrame::from_slice(2, 2, &rows[..9]),
+            Err(PreprocessError::DataLength { expected: 12, actual: 9, .. })
+        ));
         let frame = RgbFrame::new(4, 4, vec![7; 48]).expect("frame");
         let geo = letterbox_geometry(8, 4, 8, 4, LetterboxMode::MinimalRect).expect("geo");
         let mut out = Vec::new();

@@ -169,16 +169,28 @@ impl VideoWriter {
 
     /// Encodes one frame shown at `pts_secs` for `duration_secs`.
     pub fn write(&mut self, image: &RgbFrame, pts_secs: f64, duration_secs: Option<f64>) -> Result<()> {
-        if image.width < self.width || image.height < self.height {
-            return Err(Error::output(&self.path, format!("frame size changed to {}x{}", image.width, image.height)));
+        self.write_rgb(&image.data, image.width, image.height, pts_secs, duration_secs)
+    }
+
+    /// [`Self::write`] for packed RGB rows of `width` x `height` pixels.
+    pub fn write_rgb(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        pts_secs: f64,
+        duration_secs: Option<f64>,
+    ) -> Result<()> {
+        let src_row = width as usize * 3;
+        if width < self.width || height < self.height || rgb.len() < src_row * self.height as usize {
+            return Err(Error::output(&self.path, format!("frame size changed to {width}x{height}")));
         }
         // Copy rows by stride into the encoder's RGB frame.
-        let src_row = image.width as usize * 3;
         let row = self.width as usize * 3;
         let stride = self.rgb.stride(0);
         let dst = self.rgb.data_mut(0);
         for y in 0..self.height as usize {
-            dst[y * stride..y * stride + row].copy_from_slice(&image.data[y * src_row..y * src_row + row]);
+            dst[y * stride..y * stride + row].copy_from_slice(&rgb[y * src_row..y * src_row + row]);
         }
         self.scaler.run(&self.rgb, &mut self.yuv).map_err(|e| ff_err(&self.path, e))?;
         let mut pts = (pts_secs * f64::from(TIME_BASE)).round() as i64;

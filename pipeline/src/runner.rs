@@ -813,14 +813,10 @@ impl Sink {
                 }
             }
             if let Some(v) = self.video.as_mut() {
-                let annotated = spotter_detector::RgbFrame::new(frame.image.width, frame.image.height, canvas.clone())
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                v.write(&annotated, frame.pts_secs, frame.duration_secs)?;
-                if self.annotate_events {
-                    result.frame = Arc::new(Frame { image: annotated, ..(*frame).clone() });
-                }
-            } else if self.annotate_events {
-                let annotated = spotter_detector::RgbFrame::new(frame.image.width, frame.image.height, canvas.clone())
+                v.write_rgb(&canvas, frame.image.width, frame.image.height, frame.pts_secs, frame.duration_secs)?;
+            }
+            if self.annotate_events {
+                let annotated = spotter_detector::RgbFrame::from_slice(frame.image.width, frame.image.height, &canvas)
                     .map_err(|e| Error::Decode(e.to_string()))?;
                 result.frame = Arc::new(Frame { image: annotated, ..(*frame).clone() });
             }

@@ -462,3 +462,37 @@ fn seeking_between_keyframes_lands_on_the_requested_frame() {
     let g = source.next_frame().unwrap().unwrap();
     assert_eq!(g.index, 63);
 }
+
+/// The writer takes packed RGB rows; a buffer shorter than a frame is a clear error that
+/// leaves the file intact, and the frames written before and after it play back with their
+/// colours.
+#[test]
+fn video_writer_encodes_rgb_rows_and_refuses_short_buffers() {
+    use spotter_pipeline::export::VideoWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.mp4");
+    let (w, h) = (64u32, 48u32);
+    let mut writer = VideoWriter::create(&path, w, h, Some(25.0), None).unwrap();
+    let grey = vec![128u8; (w * h * 3) as usize];
+    let red: Vec<u8> = [220u8, 20, 20].repeat((w * h) as usize);
+    writer.write_rgb(&grey, w, h, 0.0, Some(0.04)).unwrap();
+    let err = writer.write_rgb(&grey[..100], w, h, 0.04, Some(0.04)).unwrap_err();
+    assert!(err.to_string().contains("rows.mp4"), "{err}");
+    writer.write_rgb(&red, w, h, 0.04, Some(0.04)).unwrap();
+    assert_eq!(writer.frames(), 2);
+    writer.finish().unwrap();
+
+    let mut source = VideoSource::open(path.to_str().unwrap(), &OpenOptions::file()).unwrap();
+    let mut frames = Vec::new();
+    while let Some(f) = source.next_frame().unwrap() {
+        frames.push(f.image);
+    }
+    assert_eq!(frames.len(), 2);
+    let centre = |f: &spotter_detector::RgbFrame| {
+        let i = ((h / 2 * w + w / 2) * 3) as usize;
+        [f.data[i], f.data[i + 1], f.data[i + 2]]
+    };
+    let close = |a: [u8; 3], b: [u8; 3]| a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 12);
+    assert!(close(centre(&frames[0]), [128, 128, 128]), "{:?}", centre(&frames[0]));
+    assert!(close(centre(&frames[1]), [220, 20, 20]), "{:?}", centre(&frames[1]));
+}

@@ -149,11 +149,16 @@ impl VideoSource {
         let row = w as usize * 3;
         let stride = self.rgb.stride(0);
         let plane = self.rgb.data(0);
-        let mut data = Vec::with_capacity(row * h as usize);
-        for y in 0..h as usize {
-            data.extend_from_slice(&plane[y * stride..y * stride + row]);
-        }
-        let image = RgbFrame::new(w, h, data).map_err(|e| Error::Decode(e.to_string()))?;
+        let image = if stride == row {
+            RgbFrame::from_slice(w, h, &plane[..row * h as usize])
+        } else {
+            let mut data = Vec::with_capacity(row * h as usize);
+            for y in 0..h as usize {
+                data.extend_from_slice(&plane[y * stride..y * stride + row]);
+            }
+            RgbFrame::new(w, h, data)
+        };
+        let image = image.map_err(|e| Error::Decode(e.to_string()))?;
         let ts = self.decoded.timestamp().or(self.decoded.pts());
         let fallback = self.info.fps.map(|f| self.next_index as f64 / f).unwrap_or(0.0);
         let pts_secs = ts.map(|t| t as f64 * self.time_base - self.start_secs).unwrap_or(fallback);
