@@ -98,6 +98,10 @@ impl VideoWriter {
         // 0.985 against 0.983).
         opts.set("preset", "superfast");
         opts.set("crf", "23");
+        // CAVLC instead of CABAC entropy coding: on the annotated demo clip (one thread, 100
+        // frames) x264 took 0.32 s of CPU instead of 0.41, for a file 6 % larger at the same
+        // SSIM (0.982); on the plain clip 12 % less CPU, 10 % larger.
+        opts.set("x264-params", "cabac=0");
         let encoder = encoder.open_as_with(codec, opts).map_err(|e| ff_err(path, format!("H.264 encoder: {e}")))?;
         let stream_index = {
             let mut stream = output.add_stream(codec).map_err(|e| ff_err(path, e))?;
