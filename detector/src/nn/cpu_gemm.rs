@@ -312,15 +312,10 @@ pub(crate) fn conv(
                     tasks.push(Task { image, group, first_panel, rows: Vec::with_capacity(rows), pixels: (col, end) });
                 }
             }
-            // Hand each task its row segments.
-            for (row, mut out) in out.chunks_exact_mut(ho * wo).enumerate() {
+            hand_out_segments(out, ho * wo, &cuts, |row, i, segment| {
                 let block = row / PANEL_ROWS / panels_per_block;
-                for (i, bounds) in cuts.windows(2).enumerate() {
-                    let (segment, rest) = out.split_at_mut(bounds[1] - bounds[0]);
-                    tasks[first + block * pixel_blocks + i].rows.push(Filler::new(segment));
-                    out = rest;
-                }
-            }
+                tasks[first + block * pixel_blocks + i].rows.push(segment);
+            });
         }
     }
     let filled =
@@ -416,6 +411,24 @@ pub(crate) fn fill<'a, T: Send>(
         }
     });
     filled.into_inner() == count
+}
+
+/// Cuts every `plane`-long channel plane of `out` at `cuts` (offsets within a plane, from 0 to
+/// `plane`) and hands segment `i` of channel `c` to `give(c, i, segment)`: how the kernels give
+/// each task the rows of the output it fills.
+pub(crate) fn hand_out_segments<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    plane: usize,
+    cuts: &[usize],
+    mut give: impl FnMut(usize, usize, Filler<'a>),
+) {
+    for (channel, mut rest) in out.chunks_exact_mut(plane).enumerate() {
+        for (i, bounds) in cuts.windows(2).enumerate() {
+            let (segment, tail) = rest.split_at_mut(bounds[1] - bounds[0]);
+            give(channel, i, Filler::new(segment));
+            rest = tail;
+        }
+    }
 }
 
 /// A part of an uninitialised output that a task fills from front to back, each value once.

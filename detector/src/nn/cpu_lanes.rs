@@ -29,8 +29,8 @@ use pulp::Simd;
 
 use super::cpu_conv::{Geometry, act_vec, has_act_vec};
 use super::cpu_gemm::{
-    Aligned, Filler, Input, Isa, PADDED, PANEL_ROWS, PackedWeights, Scratch, aligned, epilogue, fill, pad_all,
-    spaced_plane,
+    Aligned, Filler, Input, Isa, PADDED, PANEL_ROWS, PackedWeights, Scratch, aligned, epilogue, fill,
+    hand_out_segments, pad_all, spaced_plane,
 };
 use super::fork_join;
 use crate::spec::Activation;
@@ -158,6 +158,7 @@ pub(crate) fn conv(
         let threads = fork_join::threads();
         let row_blocks = (1..=ho).find(|blocks| (batch * panels * blocks).is_multiple_of(threads)).unwrap_or(ho);
         let cuts: Vec<usize> = (0..=row_blocks).map(|i| i * ho / row_blocks).collect();
+        let pixel_cuts: Vec<usize> = cuts.iter().map(|&row| row * wo).collect();
         let plane = ho * wo;
         let out_len = out.len();
         let mut tasks = Vec::with_capacity(batch * panels * row_blocks);
@@ -169,13 +170,9 @@ pub(crate) fn conv(
                     tasks.push(Task { image, panel, rows: rows[0]..rows[1], out });
                 }
             }
-            for (channel, mut out) in out.chunks_exact_mut(plane).enumerate() {
-                for (i, rows) in cuts.windows(2).enumerate() {
-                    let (segment, rest) = out.split_at_mut((rows[1] - rows[0]) * wo);
-                    tasks[first + channel / LANE_PANEL * row_blocks + i].out.push(Filler::new(segment));
-                    out = rest;
-                }
-            }
+            hand_out_segments(out, plane, &pixel_cuts, |channel, i, segment| {
+                tasks[first + channel / LANE_PANEL * row_blocks + i].out.push(segment);
+            });
         }
         let image_len = geo.c1 * plane_stride;
         let shared = Shared {

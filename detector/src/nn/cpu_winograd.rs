@@ -203,6 +203,8 @@ pub(crate) fn conv(
         bands = bands.next_multiple_of(threads).min(th);
     }
     let starts: Vec<usize> = (0..=bands).map(|i| i * th / bands).collect();
+    // Where the bands' output rows start in a plane (tile rows of `m` output rows each).
+    let cuts: Vec<usize> = starts.iter().map(|&t| (m * t).min(h) * w).collect();
     let panels = c2.div_ceil(PANEL_ROWS);
     let channel_blocks = threads.div_ceil(bands * batch).clamp(1, panels);
     let block_channels = panels.div_ceil(channel_blocks) * PANEL_ROWS;
@@ -228,14 +230,9 @@ pub(crate) fn conv(
                 });
             }
         }
-        for (c, mut plane) in out.chunks_exact_mut(h * w).enumerate() {
-            for (i, b) in starts.windows(2).enumerate() {
-                let len = ((m * b[1]).min(h) - m * b[0]) * w;
-                let (segment, rest) = plane.split_at_mut(len);
-                tasks[first + c / block_channels * bands + i].segments.push(Filler::new(segment));
-                plane = rest;
-            }
-        }
+        cpu_gemm::hand_out_segments(out, h * w, &cuts, |c, i, segment| {
+            tasks[first + c / block_channels * bands + i].segments.push(segment);
+        });
     }
     cpu_gemm::fill(
         tasks,
