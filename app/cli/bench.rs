@@ -327,9 +327,9 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
             .collect();
         Ok((t, written, pipeline.wait()?))
     };
-    // A pipeline warm-up, as `det` had one: the first pipeline of a process gives its detector
-    // thread memory the process never had (the main thread keeps its own), 40-70 ms of page
-    // faults once per process that made the first round stand out from the others.
+    // A pipeline warm-up, as `det` had one. The first pipeline of a process gives its detector
+    // thread memory the process never had (the main thread keeps its own): its first frame took
+    // 35-70 ms longer, once per process, and the first round stood out from the others.
     run_pipeline(frames.len().min(PIPELINE_WARMUP_FRAMES))?;
     let mut rounds = Vec::with_capacity(args.rounds.max(1));
     let mut stages = serde_json::Value::Null;
