@@ -10,5 +10,5 @@ mod cpu_lanes;
 mod cpu_pool;
 pub(crate) use cpu_pool::cat_channels;
 mod cpu_winograd;
-mod fork_join;
+pub(crate) mod fork_join;
 pub mod head;
