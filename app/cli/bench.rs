@@ -330,7 +330,8 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
     // A pipeline warm-up, as `det` had one. The first pipeline of a process gives its detector
     // thread memory the process never had (the main thread keeps its own): its first frame took
     // 35-70 ms longer, once per process, and the first round stood out from the others.
-    run_pipeline(frames.len().min(PIPELINE_WARMUP_FRAMES))?;
+    let warmup_frames = frames.len().min(PIPELINE_WARMUP_FRAMES);
+    run_pipeline(warmup_frames)?;
     let mut rounds = Vec::with_capacity(args.rounds.max(1));
     let mut stages = serde_json::Value::Null;
     for _ in 0..args.rounds.max(1) {
@@ -376,7 +377,7 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
     let row = serde_json::json!({
         "model": name, "clip": clip.display().to_string(), "frames": frames.len(),
         "detector_fps": alone_fps, "pipeline_fps": pipeline_fps, "overhead_pct": overhead_pct,
-        "warmup_frames": frames.len().min(PIPELINE_WARMUP_FRAMES),
+        "warmup_frames": warmup_frames,
         "steady_skip_frames": STEADY_SKIP_FRAMES, "steady_fps": steady_fps,
         "steady_overhead_pct": steady_overhead_pct, "rounds": rounds, "stages": stages,
     });

@@ -397,10 +397,11 @@ impl BandJob<'_> {
         let data = &self.frame.data[..];
         let row_len = new_w * 3;
         // Horizontally resized source rows (two of them, with their row numbers) and one
-        // vertically blended row, 8-bit HWC.
-        let mut hrows = [vec![0i32; row_len], vec![0i32; row_len]];
+        // vertically blended row, 8-bit HWC; only a resize uses them.
+        let buffer_len = if self.tables.is_some() { row_len } else { 0 };
+        let mut hrows = [vec![0i32; buffer_len], vec![0i32; buffer_len]];
         let mut hrow_ids = [None::<usize>; 2];
-        let mut blended = vec![0u8; row_len];
+        let mut blended = vec![0u8; buffer_len];
         let simd_end = match self.rounding {
             VerticalRounding::OpenCv => row_len,
             VerticalRounding::Scalar => 0,

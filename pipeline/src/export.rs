@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use ff::format::Pixel;
 use ff::software::scaling;
 use ffmpeg_next as ff;
-use spotter_detector::RgbFrame;
 
 use crate::error::{Error, Result};
 
@@ -176,12 +175,8 @@ impl VideoWriter {
         self.frames
     }
 
-    /// Encodes one frame shown at `pts_secs` for `duration_secs`.
-    pub fn write(&mut self, image: &RgbFrame, pts_secs: f64, duration_secs: Option<f64>) -> Result<()> {
-        self.write_rgb(&image.data, image.width, image.height, pts_secs, duration_secs)
-    }
-
-    /// [`Self::write`] for packed RGB rows of `width` x `height` pixels.
+    /// Encodes one frame of packed RGB rows (`width` x `height` pixels, at least the writer's
+    /// size) shown at `pts_secs` for `duration_secs`.
     pub fn write_rgb(
         &mut self,
         rgb: &[u8],
