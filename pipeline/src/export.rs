@@ -5,7 +5,6 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ff::format::Pixel;
-use ff::software::scaling;
 use ffmpeg_next as ff;
 
 use crate::error::{Error, Result};
@@ -40,8 +39,7 @@ pub struct VideoWriter {
     path: PathBuf,
     output: ff::format::context::Output,
     encoder: ff::encoder::Video,
-    scaler: scaling::Context,
-    rgb: ff::frame::Video,
+    /// The frame handed to the encoder, refilled for every frame.
     yuv: ff::frame::Video,
     stream_index: usize,
     stream_tb: ff::Rational,
@@ -145,15 +143,11 @@ impl VideoWriter {
         flags.set("movflags", "+frag_keyframe+empty_moov+default_base_moof");
         output.write_header_with(flags).map_err(|e| ff_err(path, e))?;
         let stream_tb = output.stream(stream_index).map(|s| s.time_base()).unwrap_or(ff::Rational::new(1, TIME_BASE));
-        let scaler = scaling::Context::get(Pixel::RGB24, ew, eh, Pixel::YUV420P, ew, eh, scaling::Flags::BILINEAR)
-            .map_err(|e| ff_err(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             output,
             encoder,
-            scaler,
-            rgb: ff::frame::Video::new(Pixel::RGB24, ew, eh),
-            yuv: ff::frame::Video::empty(),
+            yuv: ff::frame::Video::new(Pixel::YUV420P, ew, eh),
             stream_index,
             stream_tb,
             width: ew,
@@ -189,14 +183,7 @@ impl VideoWriter {
         if width < self.width || height < self.height || rgb.len() < src_row * self.height as usize {
             return Err(Error::output(&self.path, format!("frame size changed to {width}x{height}")));
         }
-        // Copy rows by stride into the encoder's RGB frame.
-        let row = self.width as usize * 3;
-        let stride = self.rgb.stride(0);
-        let dst = self.rgb.data_mut(0);
-        for y in 0..self.height as usize {
-            dst[y * stride..y * stride + row].copy_from_slice(&rgb[y * src_row..y * src_row + row]);
-        }
-        self.scaler.run(&self.rgb, &mut self.yuv).map_err(|e| ff_err(&self.path, e))?;
+        crate::yuv::rgb_to_yuv420(rgb, src_row, &mut self.yuv);
         let mut pts = (pts_secs * f64::from(TIME_BASE)).round() as i64;
         if let Some(last) = self.last_pts
             && pts <= last

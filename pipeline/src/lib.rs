@@ -8,6 +8,7 @@ pub mod export;
 pub mod runner;
 pub mod source;
 pub mod stats;
+mod yuv;
 
 pub use error::{Error, Result};
 pub use runner::{
