@@ -251,6 +251,16 @@ struct PipelineRound {
     /// throughput once it runs (what an export of a long video sees).
     steady_fps: Option<f64>,
     steady_overhead_pct: Option<f64>,
+    /// CPU time of the decoder thread per frame (opening the clip, decoding, converting to
+    /// RGB) and of the sink (annotating, converting, encoding, JSON Lines, finishing the file):
+    /// the work the pipeline adds to the detector's.
+    decoder_cpu_ms_per_frame: Option<f64>,
+    sink_cpu_ms_per_frame: Option<f64>,
+    /// Their sum as a share of the cores' time the detector takes alone per frame: the
+    /// overhead if none of that work fit into moments the detector leaves a core idle.
+    /// Overhead beyond it is the pipeline's own cost (waiting, copies, threads getting in
+    /// each other's way).
+    codec_share_pct: Option<f64>,
 }
 
 /// The detector alone on the clip's decoded frames, then the whole pipeline on the same clip,
@@ -352,12 +362,22 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
             _ => None,
         };
         let steady_overhead_pct = steady_fps.map(|f| (alone_fps / f - 1.0) * 100.0);
+        let per_frame =
+            |thread: &str| summary.thread_cpu_ms.get(thread).map(|ms| ms / summary.frames_out.max(1) as f64);
+        let (decoder_cpu_ms_per_frame, sink_cpu_ms_per_frame) =
+            (per_frame("spotter-decode"), per_frame("spotter-sink"));
+        let cores_ms_per_frame = candle_core::utils::get_num_threads() as f64 * 1e3 / alone_fps;
+        let codec_share_pct =
+            decoder_cpu_ms_per_frame.zip(sink_cpu_ms_per_frame).map(|(d, s)| (d + s) / cores_ms_per_frame * 100.0);
         rounds.push(PipelineRound {
             detector_fps: alone_fps,
             pipeline_fps,
             overhead_pct,
             steady_fps,
             steady_overhead_pct,
+            decoder_cpu_ms_per_frame,
+            sink_cpu_ms_per_frame,
+            codec_share_pct,
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -373,13 +393,19 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
     let steady = rounds.iter().all(|r| r.steady_fps.is_some());
     let steady_fps = steady.then(|| median(|r| r.steady_fps.unwrap_or(f64::NAN)));
     let steady_overhead_pct = steady.then(|| median(|r| r.steady_overhead_pct.unwrap_or(f64::NAN)));
+    let measured_cpu = rounds.iter().all(|r| r.codec_share_pct.is_some());
+    let decoder_cpu_ms = measured_cpu.then(|| median(|r| r.decoder_cpu_ms_per_frame.unwrap_or(f64::NAN)));
+    let sink_cpu_ms = measured_cpu.then(|| median(|r| r.sink_cpu_ms_per_frame.unwrap_or(f64::NAN)));
+    let codec_share_pct = measured_cpu.then(|| median(|r| r.codec_share_pct.unwrap_or(f64::NAN)));
     let each: Vec<String> = rounds.iter().map(|r| format!("{:+.1}", r.overhead_pct)).collect();
     let row = serde_json::json!({
         "model": name, "clip": clip.display().to_string(), "frames": frames.len(),
         "detector_fps": alone_fps, "pipeline_fps": pipeline_fps, "overhead_pct": overhead_pct,
         "warmup_frames": warmup_frames,
         "steady_skip_frames": STEADY_SKIP_FRAMES, "steady_fps": steady_fps,
-        "steady_overhead_pct": steady_overhead_pct, "rounds": rounds, "stages": stages,
+        "steady_overhead_pct": steady_overhead_pct, "decoder_cpu_ms_per_frame": decoder_cpu_ms,
+        "sink_cpu_ms_per_frame": sink_cpu_ms,
+        "codec_share_pct": codec_share_pct, "rounds": rounds, "stages": stages,
     });
     if args.json {
         outln!("{row}")?;
@@ -397,6 +423,12 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
             outln!(
                 "{name}: steady state (after the first {STEADY_SKIP_FRAMES} frames, without opening the clip and finishing the file): pipeline {fps:.2} fps, overhead {pct:+.1} % (rounds: {} %)",
                 each.join(", ")
+            )?;
+        }
+        if let (Some(decoder), Some(sink), Some(pct)) = (decoder_cpu_ms, sink_cpu_ms, codec_share_pct) {
+            outln!(
+                "{name}: the decoder used {decoder:.1} ms of CPU a frame and the sink {sink:.1} ms: {pct:.1} % of the time of the {} cores the detector takes alone (the overhead if none of it fit into the detector's idle moments)",
+                candle_core::utils::get_num_threads()
             )?;
         }
     }

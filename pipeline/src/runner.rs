@@ -249,10 +249,19 @@ pub struct Pipeline {
     error: Arc<Mutex<Option<String>>>,
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+/// Starts a pipeline thread, which records its CPU time in `stats` when `f` returns (what
+/// `bench --pipeline` reports the decoder and the sink cost beside the detector).
+fn spawn(name: &str, stats: &Arc<Mutex<PipelineStats>>, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    let stats = Arc::clone(stats);
+    let thread = name.to_string();
     std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(f)
+        .spawn(move || {
+            f();
+            if let (Some(ms), Ok(mut stats)) = (crate::stats::thread_cpu_ms(), stats.lock()) {
+                stats.thread_cpu_ms.insert(thread, ms);
+            }
+        })
         .map_err(|e| Error::BadSource(format!("cannot start thread {name}: {e}")))
 }
 
@@ -296,7 +305,7 @@ impl Pipeline {
         let looping = config.looping;
         let start_paused = config.start_paused;
         let requested_policy = config.policy;
-        threads.push(spawn("spotter-decode", move || {
+        threads.push(spawn("spotter-decode", &stats, move || {
             let mut source = match open() {
                 Ok(s) => s,
                 Err(e) => {
@@ -343,7 +352,7 @@ impl Pipeline {
         let worker_stats = Arc::clone(&stats);
         let loader = Arc::clone(&config.loader);
         let worker_error = Arc::clone(&error);
-        threads.push(spawn("spotter-detect", move || {
+        threads.push(spawn("spotter-detect", &stats, move || {
             let mut w = Worker {
                 detectors,
                 generations: vec![0; MAX_MODELS],
@@ -371,7 +380,7 @@ impl Pipeline {
         let output = config.output.clone();
         let sink_info = info.clone();
         let (outputs_ready_tx, outputs_ready_rx) = bounded::<Result<()>>(1);
-        threads.push(spawn("spotter-sink", move || {
+        threads.push(spawn("spotter-sink", &stats, move || {
             // The outputs belong to this thread (FFmpeg contexts stay on one thread); they are
             // created before any frame so an unwritable path fails at once.
             let outputs = open_outputs(&output, &sink_info);

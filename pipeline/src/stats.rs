@@ -111,6 +111,8 @@ pub struct PipelineStats {
     pub rate_out: RateMeter,
     pub latency: BTreeMap<Stage, LatencyWindow>,
     pub models: BTreeMap<String, ModelStats>,
+    /// CPU time of each pipeline thread that has ended, by thread name.
+    pub thread_cpu_ms: BTreeMap<String, f64>,
 }
 
 impl Default for PipelineStats {
@@ -126,6 +128,7 @@ impl Default for PipelineStats {
             rate_out: RateMeter::default(),
             latency: BTreeMap::new(),
             models: BTreeMap::new(),
+            thread_cpu_ms: BTreeMap::new(),
         }
     }
 }
@@ -164,6 +167,18 @@ pub struct StatsSnapshot {
     pub average_fps: f64,
     pub stages: Vec<StageLatency>,
     pub models: Vec<ModelSnapshot>,
+    /// CPU time of each pipeline thread (`spotter-decode`, `spotter-detect`, `spotter-sink`),
+    /// filled in as each ends (so complete in the summary `Pipeline::wait` returns); empty
+    /// where the system does not say (Linux only).
+    pub thread_cpu_ms: BTreeMap<String, f64>,
+}
+
+/// CPU time the calling thread has run so far, in milliseconds: the first field of Linux's
+/// `/proc/thread-self/schedstat` (nanoseconds on the CPU). None elsewhere.
+pub fn thread_cpu_ms() -> Option<f64> {
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 / 1e6)
 }
 
 fn summarize(map: &mut BTreeMap<Stage, LatencyWindow>) -> Vec<StageLatency> {
@@ -213,6 +228,7 @@ impl PipelineStats {
             average_fps: if elapsed_secs > 0.0 { self.frames_out as f64 / elapsed_secs } else { 0.0 },
             stages: summarize(&mut self.latency),
             models,
+            thread_cpu_ms: self.thread_cpu_ms.clone(),
         }
     }
 }
@@ -233,6 +249,24 @@ mod tests {
         }
         assert_eq!(w.len(), WINDOW);
         assert_eq!(w.percentiles(), (7.0, 7.0));
+    }
+
+    /// A thread's CPU time grows by what it spins, and not while it sleeps.
+    #[test]
+    fn thread_cpu_time_counts_running_only() {
+        let Some(start) = thread_cpu_ms() else {
+            return; // not Linux
+        };
+        std::thread::sleep(Duration::from_millis(60));
+        let slept = thread_cpu_ms().unwrap_or(f64::NAN) - start;
+        let busy = Instant::now();
+        while busy.elapsed() < Duration::from_millis(60) {
+            std::hint::spin_loop();
+        }
+        let spun = thread_cpu_ms().unwrap_or(f64::NAN) - start - slept;
+        assert!(slept < 20.0, "asleep 60 ms, counted {slept:.1} ms");
+        // Spinning for 60 ms of wall time runs at least part of it even on a busy machine.
+        assert!(spun > 5.0 && spun <= 65.0, "spun 60 ms, counted {spun:.1} ms");
     }
 
     #[test]

@@ -56,7 +56,8 @@ fn bench_random_weights_needs_no_download() {
 
 /// `--pipeline` alternates the detector alone and the whole pipeline (decode, detect, annotate,
 /// encode) for `--rounds` rounds, after a warm-up of each, and reports each round and the median
-/// overhead, end to end and in steady state (after the first 5 frames).
+/// overhead, end to end and in steady state (after the first 5 frames), beside the CPU time the
+/// decoder and the sink took.
 #[test]
 fn bench_pipeline_alternates_rounds_and_reports_the_median() {
     let model = fixture("yolov9/tiny/tiny-gelan-s.pt");
@@ -84,10 +85,25 @@ fn bench_pipeline_alternates_rounds_and_reports_the_median() {
     assert!(rounds.iter().all(|x| x["steady_fps"].as_f64().unwrap() > 0.0), "{r}");
     let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert!(stages.contains(&"inference") && stages.contains(&"output"), "{stages:?}");
+    // The decoder's and the sink's CPU time per frame, and their share of the cores' time the
+    // detector takes alone: (decoder + sink) / (threads x 1000 / detector fps), for a whole
+    // number of threads.
+    for x in rounds {
+        let (decoder, sink) =
+            (x["decoder_cpu_ms_per_frame"].as_f64().unwrap(), x["sink_cpu_ms_per_frame"].as_f64().unwrap());
+        assert!(decoder > 0.0 && sink > 0.0, "{x}");
+        let threads =
+            (decoder + sink) * x["detector_fps"].as_f64().unwrap() / 10.0 / x["codec_share_pct"].as_f64().unwrap();
+        assert!(threads >= 0.999 && (threads - threads.round()).abs() < 1e-6, "{threads} threads: {x}");
+    }
+    let mut shares: Vec<f64> = rounds.iter().map(|x| x["codec_share_pct"].as_f64().unwrap()).collect();
+    shares.sort_by(f64::total_cmp);
+    assert_eq!(r["codec_share_pct"].as_f64().unwrap(), shares[1]);
 
     // The text form names every round.
     let o = spotter(&[&args[..], &extra[..4], &["--rounds", "2"][..]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("median of 2 alternating rounds"), "{}", stdout(&o));
     assert!(stdout(&o).contains("steady state (after the first 5 frames"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("the decoder used"), "{}", stdout(&o));
 }
