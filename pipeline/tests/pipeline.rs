@@ -463,6 +463,44 @@ fn seeking_between_keyframes_lands_on_the_requested_frame() {
     assert_eq!(g.index, 63);
 }
 
+/// A source of odd size is cropped to the even size H.264 4:2:0 needs: its rows are read at
+/// their own stride (no shear) and the last column and row are dropped.
+#[test]
+fn video_writer_crops_odd_sizes_to_even() {
+    use spotter_pipeline::export::VideoWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd.mp4");
+    let (w, h) = (65u32, 49u32);
+    // Left of column 32 red, right of it blue; the last column and row green (cropped away).
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            rgb.extend_from_slice(match (x, y) {
+                (64, _) | (_, 48) => &[20, 220, 20],
+                (x, _) if x < 32 => &[220, 20, 20],
+                _ => &[20, 20, 220],
+            });
+        }
+    }
+    let mut writer = VideoWriter::create(&path, w, h, Some(25.0), None).unwrap();
+    writer.write_rgb(&rgb, w, h, 0.0, Some(0.04)).unwrap();
+    writer.finish().unwrap();
+
+    let mut source = VideoSource::open(path.to_str().unwrap(), &OpenOptions::file()).unwrap();
+    let frame = source.next_frame().unwrap().unwrap().image;
+    assert_eq!((frame.width, frame.height), (64, 48));
+    let at = |x: u32, y: u32| {
+        let i = ((y * 64 + x) * 3) as usize;
+        [frame.data[i], frame.data[i + 1], frame.data[i + 2]]
+    };
+    let close = |a: [u8; 3], b: [u8; 3]| a.iter().zip(b).all(|(p, q)| p.abs_diff(q) <= 24);
+    for y in [2, 24, 45] {
+        assert!(close(at(8, y), [220, 20, 20]), "row {y} left: {:?}", at(8, y));
+        assert!(close(at(56, y), [20, 20, 220]), "row {y} right: {:?}", at(56, y));
+        assert!(close(at(63, y), [20, 20, 220]), "row {y} last column: {:?}", at(63, y));
+    }
+}
+
 /// The writer takes packed RGB rows; a buffer shorter than a frame is a clear error that
 /// leaves the file intact, and the frames written before and after it play back with their
 /// colours.
