@@ -202,7 +202,21 @@ pub(crate) fn conv(
     if batch == 1 && bands >= threads {
         bands = bands.next_multiple_of(threads).min(th);
     }
-    let starts: Vec<usize> = (0..=bands).map(|i| i * th / bands).collect();
+    let mut starts: Vec<usize> = (0..=bands).map(|i| i * th / bands).collect();
+    // Each band's last micro-panel is partial, and the kernel computes it a whole vector at
+    // a time (micro-panels are 3 vectors wide, see `cpu_gemm::tile`). Where the map as one
+    // band needs fewer vectors than its bands together, one band split by output channels
+    // does less work, though every task then transforms the whole input. A 20x20 map in
+    // F(2x2) made two bands of 55 tiles, 4 vectors each, against 7 for all 110: as one band,
+    // 128 to 512 input channels took 0.82-0.94x the time (two threads, 3 alternating runs;
+    // 64 channels about the same). F(4x4)'s input transform costs more: on 40x40 maps, the
+    // same layout there, one band took 1.02-1.15x, so it keeps its bands.
+    let vectors = |tiles: usize| tiles.div_ceil(nr / 3);
+    let banded: usize = starts.windows(2).map(|b| vectors((b[1] - b[0]) * wide)).sum();
+    if m == 2 && batch == 1 && bands > 1 && th <= max_rows && vectors(th * wide) < banded {
+        bands = 1;
+        starts = vec![0, th];
+    }
     // Where the bands' output rows start in a plane (tile rows of `m` output rows each).
     let cuts: Vec<usize> = starts.iter().map(|&t| (m * t).min(h) * w).collect();
     let panels = c2.div_ceil(PANEL_ROWS);
