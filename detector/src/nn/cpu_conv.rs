@@ -529,9 +529,10 @@ mod tests {
             (16, 24, 4, 6, 2),
             (32, 40, 33, 17, 1),
             (3, 16, 64, 64, 1),
-            // 20x20 maps run as one band split by output channels (uneven blocks for 40).
             (64, 64, 20, 20, 1),
-            (136, 40, 20, 20, 1),
+            // With 128 or more output channels a 20x20 map runs as one band split by output
+            // channels (here in uneven blocks of 72 and 64).
+            (136, 136, 20, 20, 1),
             // F(4x4, 3x3): maps of 32 and more a side, tiles overhanging the right and
             // bottom edges by 1 to 3 pixels, batches; beyond 128 input channels F(2x2) again.
             (16, 24, 33, 37, 1),

@@ -208,12 +208,13 @@ pub(crate) fn conv(
     // band needs fewer vectors than its bands together, one band split by output channels
     // does less work, though every task then transforms the whole input. A 20x20 map in
     // F(2x2) made two bands of 55 tiles, 4 vectors each, against 7 for all 110: as one band,
-    // 128 to 512 input channels took 0.82-0.94x the time (two threads, 3 alternating runs;
-    // 64 channels about the same). F(4x4)'s input transform costs more: on 40x40 maps, the
-    // same layout there, one band took 1.02-1.15x, so it keeps its bands.
+    // 128 to 320 output channels took 0.82-0.94x the time (two threads, alternating runs).
+    // With fewer output channels the repeated transform weighs more against the products:
+    // at 48 to 96, one band was no faster (within the runs' +-10 %). F(4x4)'s input transform
+    // costs more too: on 40x40 maps, the same layout there, one band took 1.02-1.15x.
     let vectors = |tiles: usize| tiles.div_ceil(nr / 3);
     let banded: usize = starts.windows(2).map(|b| vectors((b[1] - b[0]) * wide)).sum();
-    if m == 2 && batch == 1 && bands > 1 && th <= max_rows && vectors(th * wide) < banded {
+    if m == 2 && c2 >= 128 && batch == 1 && bands > 1 && th <= max_rows && vectors(th * wide) < banded {
         bands = 1;
         starts = vec![0, th];
     }
