@@ -341,6 +341,8 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
     // thread memory the process never had (the main thread keeps its own): its first frame took
     // 35-70 ms longer, once per process, and the first round stood out from the others.
     let warmup_frames = frames.len().min(PIPELINE_WARMUP_FRAMES);
+    // The detector's CPU threads, whose time per frame the codecs' share is measured against.
+    let threads = candle_core::utils::get_num_threads();
     run_pipeline(warmup_frames)?;
     let mut rounds = Vec::with_capacity(args.rounds.max(1));
     let mut stages = serde_json::Value::Null;
@@ -366,7 +368,7 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
             |thread: &str| summary.thread_cpu_ms.get(thread).map(|ms| ms / summary.frames_out.max(1) as f64);
         let (decoder_cpu_ms_per_frame, sink_cpu_ms_per_frame) =
             (per_frame("spotter-decode"), per_frame("spotter-sink"));
-        let cores_ms_per_frame = candle_core::utils::get_num_threads() as f64 * 1e3 / alone_fps;
+        let cores_ms_per_frame = threads as f64 * 1e3 / alone_fps;
         let codec_share_pct =
             decoder_cpu_ms_per_frame.zip(sink_cpu_ms_per_frame).map(|(d, s)| (d + s) / cores_ms_per_frame * 100.0);
         rounds.push(PipelineRound {
@@ -427,8 +429,7 @@ fn bench_pipeline(name: &str, clip: &std::path::Path, args: &BenchArgs) -> Resul
         }
         if let (Some(decoder), Some(sink), Some(pct)) = (decoder_cpu_ms, sink_cpu_ms, codec_share_pct) {
             outln!(
-                "{name}: the decoder used {decoder:.1} ms of CPU a frame and the sink {sink:.1} ms: {pct:.1} % of the time of the {} cores the detector takes alone (the overhead if none of it fit into the detector's idle moments)",
-                candle_core::utils::get_num_threads()
+                "{name}: the decoder used {decoder:.1} ms of CPU a frame and the sink {sink:.1} ms: {pct:.1} % of the time of the {threads} cores the detector takes alone (the overhead if none of it fit into the detector's idle moments)",
             )?;
         }
     }

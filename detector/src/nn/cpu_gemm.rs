@@ -752,9 +752,12 @@ impl pulp::WithSimd for PanelWidth {
     }
 }
 
+/// Vectors per micro-panel (the `NV` of every kernel tile).
+pub(crate) const PANEL_VECTORS: usize = 3;
+
 /// `(ROWS, NV)` of the kernel tile for a SIMD flavour; [`WithTile`] runs with it.
 pub(crate) fn tile<S: Simd>() -> (usize, usize) {
-    if S::REGISTER_COUNT >= 32 { (8, 3) } else { (4, 3) }
+    if S::REGISTER_COUNT >= 32 { (8, PANEL_VECTORS) } else { (4, PANEL_VECTORS) }
 }
 
 /// Work that runs the register kernel with a `ROWS x NV` tile.
@@ -772,7 +775,11 @@ impl<T: TileTask> pulp::WithSimd for WithTile<T> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) -> T::Output {
-        if tile::<S>() == (8, 3) { self.0.run::<S, 8, 3>(simd) } else { self.0.run::<S, 4, 3>(simd) }
+        if tile::<S>() == (8, PANEL_VECTORS) {
+            self.0.run::<S, 8, PANEL_VECTORS>(simd)
+        } else {
+            self.0.run::<S, 4, PANEL_VECTORS>(simd)
+        }
     }
 }
 

@@ -38,7 +38,8 @@ use pulp::Simd;
 
 use super::cpu_conv::{bias_act, bias_act_vec};
 use super::cpu_gemm::{
-    self, Aligned, Filler, Input, Isa, PANEL_ROWS, PackedWeights, PanelWidth, Scratch, TileTask, WithTile,
+    self, Aligned, Filler, Input, Isa, PANEL_ROWS, PANEL_VECTORS, PackedWeights, PanelWidth, Scratch, TileTask,
+    WithTile,
 };
 use super::fork_join;
 use crate::spec::Activation;
@@ -204,7 +205,7 @@ pub(crate) fn conv(
     }
     let mut starts: Vec<usize> = (0..=bands).map(|i| i * th / bands).collect();
     // Each band's last micro-panel is partial, and the kernel computes it a whole vector at
-    // a time (micro-panels are 3 vectors wide, see `cpu_gemm::tile`). Where the map as one
+    // a time (micro-panels are `PANEL_VECTORS` vectors wide). Where the map as one
     // band needs fewer vectors than its bands together, one band split by output channels
     // does less work, though every task then transforms the whole input. A 20x20 map in
     // F(2x2) made two bands of 55 tiles, 4 vectors each, against 7 for all 110: as one band,
@@ -212,7 +213,7 @@ pub(crate) fn conv(
     // With fewer output channels the repeated transform weighs more against the products:
     // at 48 to 96, one band was no faster (within the runs' +-10 %). F(4x4)'s input transform
     // costs more too: on 40x40 maps, the same layout there, one band took 1.02-1.15x.
-    let vectors = |tiles: usize| tiles.div_ceil(nr / 3);
+    let vectors = |tiles: usize| tiles.div_ceil(nr / PANEL_VECTORS);
     let banded: usize = starts.windows(2).map(|b| vectors((b[1] - b[0]) * wide)).sum();
     if m == 2 && c2 >= 128 && batch == 1 && bands > 1 && th <= max_rows && vectors(th * wide) < banded {
         bands = 1;
