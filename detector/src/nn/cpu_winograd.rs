@@ -98,11 +98,13 @@ impl WinogradWeights {
     }
 }
 
-/// The kernel transform `U = G g G^T` of every 3x3 kernel, as `(m + 2)^2` `[c2, c1]`
-/// matrices packed for the register kernel, for output tiles of `m x m` pixels.
+/// The kernel transform `U = G g G^T` of every 3x3 kernel, for output tiles of `m x m`
+/// pixels: the `t^2` `[c2, c1]` matrices `U[xi]` (`t = m + 2`) side by side as one
+/// `[c2, t^2 c1]` matrix packed for the register kernel, so that a block of output channels
+/// reads its weights for every tile position as one sequential stream (see [`products`]).
 #[derive(Debug, Clone)]
 struct TileWeights {
-    u: Vec<PackedWeights>,
+    u: PackedWeights,
     c1: usize,
     c2: usize,
     /// The output tile's side: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
@@ -127,17 +129,19 @@ impl TileWeights {
     fn new(weights: &[f32], c1: usize, c2: usize, m: usize) -> Self {
         let g: &[[f64; 3]] = if m == 4 { &G4 } else { &G2 };
         let t = g.len();
-        let mut mats = vec![vec![0f32; c2 * c1]; t * t];
+        // Row `c` of the joined matrix: `U[xi][c][ci]` at `xi * c1 + ci`.
+        let mut joined = vec![0f32; c2 * t * t * c1];
         for (row, k) in weights.chunks_exact(9).enumerate().take(c2 * c1) {
+            let (c, ci) = (row / c1, row % c1);
             // Row i of `G g` (t x 3), then U[i][j] = (G g)[i] . G[j], in f64.
             for (i, gi) in g.iter().enumerate() {
                 let gk: [f64; 3] = std::array::from_fn(|x| (0..3).map(|y| gi[y] * k[y * 3 + x] as f64).sum());
                 for (j, gj) in g.iter().enumerate() {
-                    mats[i * t + j][row] = (0..3).map(|x| gk[x] * gj[x]).sum::<f64>() as f32;
+                    joined[(c * t * t + i * t + j) * c1 + ci] = (0..3).map(|x| gk[x] * gj[x]).sum::<f64>() as f32;
                 }
             }
         }
-        let u = mats.iter().map(|mat| PackedWeights::new(mat, 1, c2, c1)).collect();
+        let u = PackedWeights::new(&joined, 1, c2, t * t * c1);
         Self { u, c1, c2, m: if m == 4 { 4 } else { 2 } }
     }
 }
@@ -466,8 +470,9 @@ fn products<S: Simd, const ROWS: usize, const TV: usize>(
 ) {
     let c1 = weights.c1;
     let width = TV * S::F32_LANES;
-    for (xi, u) in weights.u.iter().enumerate() {
-        let a = u.panel(0, row0 / PANEL_ROWS, 0..c1);
+    let t = weights.m + 2;
+    for xi in 0..t * t {
+        let a = weights.u.panel(0, row0 / PANEL_ROWS, xi * c1..(xi + 1) * c1);
         let acc = [[simd.splat_f32s(0.0); TV]; ROWS];
         let acc = cpu_gemm::kernel::<S, ROWS, TV>(simd, a, row0 % PANEL_ROWS, &v[xi * nr..], offsets, acc);
         for (r, acc) in acc.iter().enumerate() {
