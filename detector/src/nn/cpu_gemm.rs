@@ -1097,7 +1097,8 @@ pub(crate) fn epilogue(
 /// 32 cache lines). Each convolution reads its weights from L3 or memory at least once a
 /// pass, and the hardware prefetchers did not run far enough ahead of the kernel's stream:
 /// run twice in a row (weights in L2), gelan-c's convolutions at 320 took 0.8x their time in
-/// the pass. Asking 64 steps ahead, gelan-c at 320 took 0.89x the time (gelan-s 0.94x, both at
+/// the pass. Asking 64 steps ahead (with Winograd's weights as one stream, see
+/// `cpu_winograd::TileWeights`), gelan-c at 320 took 0.88x the time (gelan-s 0.94x, both at
 /// 640 0.95-0.96x); 32 and 128 steps were slower than 64, the L2 hint no faster than L1's.
 const PREFETCH_STEPS: usize = 64;
 
