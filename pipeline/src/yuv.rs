@@ -23,24 +23,15 @@ const BAND_ROWS: usize = 16;
 /// the frame) has checked that `rgb` holds that many rows.
 pub(crate) fn rgb_to_yuv420(rgb: &[u8], rgb_stride: usize, frame: &mut ff::frame::Video) {
     let (width, height) = (frame.width() as usize, frame.height() as usize);
+    let arch = pulp::Arch::new();
     for top in (0..height).step_by(BAND_ROWS) {
         let rows = BAND_ROWS.min(height - top);
         let band = &rgb[top * rgb_stride..];
-        let stride = frame.stride(0);
-        let out = &mut frame.data_mut(0)[top * stride..];
-        pulp::Arch::new().dispatch(Pass { rgb: band, rgb_stride, width, rows, out, out_stride: stride, chroma: None });
-        for (plane, k) in [(1, CB), (2, CR)] {
+        // The chroma planes have a row per two rows of pixels.
+        for (plane, chroma, first_row) in [(0, None, top), (1, Some(CB), top / 2), (2, Some(CR), top / 2)] {
             let stride = frame.stride(plane);
-            let out = &mut frame.data_mut(plane)[top / 2 * stride..];
-            pulp::Arch::new().dispatch(Pass {
-                rgb: band,
-                rgb_stride,
-                width,
-                rows,
-                out,
-                out_stride: stride,
-                chroma: Some(k),
-            });
+            let out = &mut frame.data_mut(plane)[first_row * stride..];
+            arch.dispatch(Pass { rgb: band, rgb_stride, width, rows, out, out_stride: stride, chroma });
         }
     }
 }
